@@ -1,0 +1,58 @@
+//! Typed errors. Every message names the layer or file and what was expected versus found,
+//! so the command line can print it as one line.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside revflow.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The input tensor does not have the shape a layer needs.
+    #[error("{layer}: expected {expected}, found {found}")]
+    Shape {
+        layer: &'static str,
+        expected: String,
+        found: String,
+    },
+    /// The input holds values the layer cannot accept (NaN, out of range).
+    #[error("{layer}: {problem}")]
+    Value {
+        layer: &'static str,
+        problem: String,
+    },
+    /// A configuration that cannot describe a valid flow.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A weights file that cannot be read, or that does not match the model.
+    #[error("weights file {path}: {problem}")]
+    Weights { path: PathBuf, problem: String },
+    /// Input/output failure on a path.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Result type used across revflow.
+pub type Result<T> = std::result::Result<T, FlowError>;
+
+impl FlowError {
+    pub(crate) fn shape(
+        layer: &'static str,
+        expected: impl Into<String>,
+        found: impl std::fmt::Debug,
+    ) -> Self {
+        FlowError::Shape {
+            layer,
+            expected: expected.into(),
+            found: format!("{found:?}"),
+        }
+    }
+
+    pub(crate) fn value(layer: &'static str, problem: impl Into<String>) -> Self {
+        FlowError::Value {
+            layer,
+            problem: problem.into(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! ActNorm (Glow §3.1): a per-channel affine map `y = (x + b) · exp(log_s)` whose parameters
+//! are set from the first batch so that `y` has zero mean and unit variance per channel.
+//! `log|det J| = positions · Σ_c log_s_c` (positions = H·W for images, 1 for vectors).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+
+use crate::error::{FlowError, Result};
+use crate::flow::{channel_shape, check_channels, check_finite, positions, Cond, Flow};
+
+/// Configuration of an [`ActNorm`] layer.
+#[derive(Debug, Clone)]
+pub struct ActNormConfig {
+    /// Number of channels (images) or features (vectors).
+    pub channels: usize,
+}
+
+impl ActNormConfig {
+    pub fn new(channels: usize) -> Self {
+        Self { channels }
+    }
+
+    /// An uninitialised ActNorm (identity until [`Flow::data_init`] runs).
+    pub fn init(&self, device: &Device) -> ActNorm {
+        let c = self.channels;
+        ActNorm {
+            log_scale: Param::from_tensor(Tensor::zeros([c], device)),
+            bias: Param::from_tensor(Tensor::zeros([c], device)),
+            initialized: Param::from_tensor(Tensor::zeros([1], device)).set_require_grad(false),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ActNorm {
+    pub log_scale: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    /// 1 once data-dependent initialisation has run; saved with the weights so that a loaded
+    /// model is not re-initialised.
+    pub initialized: Param<Tensor<1>>,
+}
+
+impl ActNorm {
+    pub fn channels(&self) -> usize {
+        self.bias.dims()[0]
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.initialized.val().into_scalar::<f32>() > 0.5
+    }
+}
+
+impl<const D: usize> Flow<D> for ActNorm {
+    fn forward(&self, x: Tensor<D>, _: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+        let c = self.channels();
+        check_channels("ActNorm", &x, c)?;
+        let logdet = self.log_scale.val().sum() * positions(&x) as f64;
+        let y = (x.clone() + self.bias.val().reshape(channel_shape::<D>(c)))
+            * self.log_scale.val().exp().reshape(channel_shape::<D>(c));
+        Ok((y, logdet.expand([x.dims()[0]])))
+    }
+
+    fn inverse(&self, y: Tensor<D>, _: Cond) -> Result<Tensor<D>> {
+        let c = self.channels();
+        check_channels("ActNorm", &y, c)?;
+        Ok(y * self.log_scale.val().neg().exp().reshape(channel_shape::<D>(c))
+            - self.bias.val().reshape(channel_shape::<D>(c)))
+    }
+
+    fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
+        if self.is_initialized() {
+            let (y, _) = self.forward(x, cond)?;
+            return Ok((self, y));
+        }
+        let c = self.channels();
+        check_channels("ActNorm", &x, c)?;
+        check_finite("ActNorm initialisation", &x)?;
+        // Per-channel statistics over batch and positions.
+        let flat = x.clone().detach().swap_dims(0, 1).reshape([c as i64, -1]);
+        if flat.dims()[1] < 2 {
+            return Err(FlowError::shape(
+                "ActNorm initialisation",
+                "at least 2 values per channel",
+                x.dims(),
+            ));
+        }
+        let mean = flat.clone().mean_dim(1).reshape([c]);
+        let std = flat.var(1).sqrt().reshape([c]);
+        let layer = ActNorm {
+            log_scale: self.log_scale.map(|_| (std + 1e-6).log().neg()),
+            bias: self.bias.map(|_| mean.neg()),
+            initialized: self.initialized.map(|t| t.ones_like()),
+        };
+        let (y, _) = layer.forward(x, cond)?;
+        Ok((layer, y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn data_init_standardises_each_channel() {
+        let dev = device();
+        let x = randn([8, 3, 4, 4], &dev) * 3.0 + 5.0;
+        let (layer, y) = ActNormConfig::new(3).init(&dev).data_init(x, None).unwrap();
+        assert!(layer.is_initialized());
+        let flat = y.swap_dims(0, 1).reshape([3, -1]);
+        let mean = to_vec(flat.clone().mean_dim(1));
+        let var = to_vec(flat.var(1));
+        mean.iter().for_each(|m| assert!(m.abs() < 1e-4, "mean {m}"));
+        var.iter().for_each(|v| assert!((v - 1.0).abs() < 1e-3, "var {v}"));
+    }
+
+    #[test]
+    fn initialised_layer_is_not_reinitialised() {
+        let dev = device();
+        let (layer, _) = ActNormConfig::new(2)
+            .init(&dev)
+            .data_init(randn([16, 2], &dev), None)
+            .unwrap();
+        let before = to_vec(layer.bias.val());
+        let (layer, _) = layer.data_init(randn([16, 2], &dev) + 10.0, None).unwrap();
+        assert_eq!(before, to_vec(layer.bias.val()));
+    }
+
+    #[test]
+    fn inverts_and_logdet_matches_jacobian_for_images_and_vectors() {
+        let dev = device();
+        let layer = perturb(ActNormConfig::new(4).init(&dev), 0.5, 1);
+        check_flow(&layer, randn([2, 4, 4, 4], &dev), None);
+        check_flow(&layer, randn([3, 4], &dev), None);
+        check_gradients(ActNormConfig::new(4).init(&ad()), randn([2, 4, 3, 3], &ad()), None);
+    }
+
+    #[test]
+    fn rejects_wrong_channels_and_nan() {
+        let dev = device();
+        let layer = ActNormConfig::new(3).init(&dev);
+        let err = Flow::<4>::forward(&layer, randn([2, 5, 4, 4], &dev), None).unwrap_err();
+        assert!(err.to_string().contains("expected 3 channels"), "{err}");
+        let nan = Tensor::<2>::from_floats([[f32::NAN, 1.0, 2.0], [0.0, 1.0, 2.0]], &dev);
+        let err = layer.data_init(nan, None).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+    }
+}

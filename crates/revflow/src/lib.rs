@@ -1,0 +1,34 @@
+//! # revflow
+//!
+//! Reversible (flow-based) generative models — NICE, RealNVP and Glow — on
+//! [burn](https://burn.dev). A flow maps data `x` to latents `z = f(x)` through invertible
+//! layers with tractable Jacobians, so that
+//!
+//! ```text
+//! log p(x) = log p_Z(f(x)) + log |det ∂f/∂x|
+//! ```
+//!
+//! is exact, sampling is `x = f⁻¹(z)`, and encoding is lossless.
+//!
+//! - [`flow`]: the [`Flow`] trait every layer implements, and [`Sequential`] composition.
+//! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, squeeze,
+//!   split, NICE scaling, batch normalisation, dequantisation and logit preprocessing.
+//! - [`nets`]: the networks inside coupling layers.
+//! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
+//! - [`weights`]: saving and loading parameters as safetensors.
+
+pub mod distributions;
+pub mod error;
+pub mod flow;
+pub mod layers;
+mod linalg;
+pub mod nets;
+mod rng;
+pub mod weights;
+
+#[cfg(test)]
+mod testing;
+
+pub use burn;
+pub use error::{FlowError, Result};
+pub use flow::{Cond, Flow, Sequential};

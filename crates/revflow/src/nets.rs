@@ -1,0 +1,310 @@
+//! Coupling networks ("conditioners"): they read the identity half of a coupling layer and
+//! output its shift and raw scale. They need not be invertible. Each ends in a zero-initialised
+//! layer so that every coupling starts as the identity (Glow §3.3).
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use crate::error::{FlowError, Result};
+use crate::flow::{Cond, Flow};
+use crate::layers::{ActNorm, ActNormConfig};
+
+/// A network inside a coupling layer, on rank-`D` tensors.
+pub trait Conditioner<const D: usize>: Module {
+    fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
+
+    /// Data-dependent initialisation of any ActNorm inside; default: none.
+    fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
+        let y = self.forward(x, cond)?;
+        Ok((self, y))
+    }
+}
+
+/// Appends the class one-hot `(N, K)` as K constant channels (images) or features (vectors).
+fn with_cond<const D: usize>(x: Tensor<D>, cond: Cond, classes: usize) -> Result<Tensor<D>> {
+    match (cond, classes) {
+        (None, 0) => Ok(x),
+        (Some(y), k) if k > 0 && y.dims() == [x.dims()[0], k] => {
+            let mut shape = x.dims();
+            shape[1] = k;
+            let mut view = [1; D];
+            view[..2].copy_from_slice(&[shape[0], k]);
+            let y = y.clone().reshape(view).expand(shape);
+            Ok(Tensor::cat(vec![x, y], 1))
+        }
+        (None, k) => Err(FlowError::shape(
+            "class-conditional network",
+            format!("one-hot labels (N, {k})"),
+            "no labels",
+        )),
+        (Some(y), k) => Err(FlowError::shape(
+            "network",
+            format!("labels (N={}, {k})", x.dims()[0]),
+            y.dims(),
+        )),
+    }
+}
+
+/// A 3×3 "same" convolution, or 1×1.
+fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Conv2d {
+    let p = k / 2;
+    Conv2dConfig::new([c_in, c_out], [k, k])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(bias)
+        .init(device)
+}
+
+/// Zero-initialised 3×3 convolution with a learned output scale `exp(3·log_s)`
+/// (Glow's `conv2d_zeros`): the coupling starts as the identity yet can grow quickly.
+#[derive(Module, Debug)]
+pub struct ZeroConv2d {
+    pub conv: Conv2d,
+    pub log_scale: Param<Tensor<1>>,
+}
+
+impl ZeroConv2d {
+    pub fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        let conv = Conv2dConfig::new([c_in, c_out], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        ZeroConv2d {
+            conv,
+            log_scale: Param::from_tensor(Tensor::zeros([c_out], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = self.log_scale.dims()[0];
+        self.conv.forward(x) * (self.log_scale.val() * 3.0).exp().reshape([1, c, 1, 1])
+    }
+}
+
+/// Zero-initialised linear layer with a learned output scale, the vector twin of [`ZeroConv2d`].
+#[derive(Module, Debug)]
+pub struct ZeroLinear {
+    pub linear: Linear,
+    pub log_scale: Param<Tensor<1>>,
+}
+
+impl ZeroLinear {
+    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
+        ZeroLinear {
+            linear: LinearConfig::new(d_in, d_out)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            log_scale: Param::from_tensor(Tensor::zeros([d_out], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let d = self.log_scale.dims()[0];
+        self.linear.forward(x) * (self.log_scale.val() * 3.0).exp().reshape([1, d])
+    }
+}
+
+/// Glow's coupling network: conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3.
+#[derive(Debug, Clone)]
+pub struct ConvNetConfig {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// Hidden width (Glow: 512).
+    pub hidden: usize,
+    /// Number of classes appended as constant channels (0: unconditional).
+    pub classes: usize,
+}
+
+impl ConvNetConfig {
+    pub fn new(inputs: usize, outputs: usize, hidden: usize) -> Self {
+        Self {
+            inputs,
+            outputs,
+            hidden,
+            classes: 0,
+        }
+    }
+
+    pub fn with_classes(mut self, classes: usize) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    pub fn init(&self, device: &Device) -> ConvNet {
+        let h = self.hidden;
+        ConvNet {
+            conv1: conv(self.inputs + self.classes, h, 3, false, device),
+            norm1: ActNormConfig::new(h).init(device),
+            conv2: conv(h, h, 1, false, device),
+            norm2: ActNormConfig::new(h).init(device),
+            out: ZeroConv2d::new(h, self.outputs, device),
+            classes: self.classes,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ConvNet {
+    pub conv1: Conv2d,
+    pub norm1: ActNorm,
+    pub conv2: Conv2d,
+    pub norm2: ActNorm,
+    pub out: ZeroConv2d,
+    #[module(skip)]
+    pub classes: usize,
+}
+
+impl ConvNet {
+    /// Runs the network; `init` also initialises both ActNorms from this batch.
+    fn run(self, x: Tensor<4>, cond: Cond, init: bool) -> Result<(Self, Tensor<4>)> {
+        let step = |norm: ActNorm, h: Tensor<4>| -> Result<(ActNorm, Tensor<4>)> {
+            if init {
+                norm.data_init(h, None)
+            } else {
+                norm.forward(h, None).map(|(y, _)| (norm, y))
+            }
+        };
+        let h = self.conv1.forward(with_cond(x, cond, self.classes)?);
+        let (norm1, h) = step(self.norm1, h)?;
+        let h = self.conv2.forward(relu(h));
+        let (norm2, h) = step(self.norm2, h)?;
+        let y = self.out.forward(relu(h));
+        Ok((ConvNet { norm1, norm2, ..self }, y))
+    }
+}
+
+impl Conditioner<4> for ConvNet {
+    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
+        self.clone().run(x, cond, false).map(|(_, y)| y)
+    }
+
+    fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {
+        self.run(x, cond, true)
+    }
+}
+
+/// RealNVP's coupling network: conv3×3 in, residual blocks (ReLU → conv3×3 → ReLU → conv3×3,
+/// plus the skip), ReLU, zero conv3×3 out.
+#[derive(Debug, Clone)]
+pub struct ResNetConfig {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// Feature maps in the blocks (RealNVP: 64).
+    pub hidden: usize,
+    /// Residual blocks (RealNVP: 8 on CIFAR-10).
+    pub blocks: usize,
+    pub classes: usize,
+}
+
+impl ResNetConfig {
+    pub fn new(inputs: usize, outputs: usize, hidden: usize, blocks: usize) -> Self {
+        Self {
+            inputs,
+            outputs,
+            hidden,
+            blocks,
+            classes: 0,
+        }
+    }
+
+    pub fn with_classes(mut self, classes: usize) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    pub fn init(&self, device: &Device) -> ResNet {
+        let h = self.hidden;
+        ResNet {
+            input: conv(self.inputs + self.classes, h, 3, true, device),
+            blocks: (0..self.blocks)
+                .map(|_| [conv(h, h, 3, true, device), conv(h, h, 3, true, device)])
+                .collect(),
+            out: ZeroConv2d::new(h, self.outputs, device),
+            classes: self.classes,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub input: Conv2d,
+    pub blocks: Vec<[Conv2d; 2]>,
+    pub out: ZeroConv2d,
+    #[module(skip)]
+    pub classes: usize,
+}
+
+impl Conditioner<4> for ResNet {
+    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
+        let mut h = self.input.forward(with_cond(x, cond, self.classes)?);
+        for [a, b] in &self.blocks {
+            h = h.clone() + b.forward(relu(a.forward(relu(h))));
+        }
+        Ok(self.out.forward(relu(h)))
+    }
+}
+
+/// NICE's coupling network for vectors: `layers` hidden ReLU layers, zero-initialised output.
+#[derive(Debug, Clone)]
+pub struct MlpConfig {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// Units per hidden layer (NICE on MNIST: 1000).
+    pub hidden: usize,
+    /// Hidden layers (NICE on MNIST: 5).
+    pub layers: usize,
+    pub classes: usize,
+}
+
+impl MlpConfig {
+    pub fn new(inputs: usize, outputs: usize, hidden: usize, layers: usize) -> Self {
+        Self {
+            inputs,
+            outputs,
+            hidden,
+            layers,
+            classes: 0,
+        }
+    }
+
+    pub fn with_classes(mut self, classes: usize) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    pub fn init(&self, device: &Device) -> Mlp {
+        let widths = std::iter::once(self.inputs + self.classes)
+            .chain(std::iter::repeat_n(self.hidden, self.layers));
+        Mlp {
+            hidden: widths
+                .clone()
+                .zip(widths.skip(1))
+                .map(|(i, o)| LinearConfig::new(i, o).init(device))
+                .collect(),
+            out: ZeroLinear::new(
+                if self.layers == 0 { self.inputs + self.classes } else { self.hidden },
+                self.outputs,
+                device,
+            ),
+            classes: self.classes,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub hidden: Vec<Linear>,
+    pub out: ZeroLinear,
+    #[module(skip)]
+    pub classes: usize,
+}
+
+impl Conditioner<2> for Mlp {
+    fn forward(&self, x: Tensor<2>, cond: Cond) -> Result<Tensor<2>> {
+        let h = with_cond(x, cond, self.classes)?;
+        let h = self.hidden.iter().fold(h, |h, l| relu(l.forward(h)));
+        Ok(self.out.forward(h))
+    }
+}
