@@ -178,7 +178,7 @@ mod tests {
             .collect();
         let z = Tensor::<1>::from_floats(z.as_slice(), &dev).reshape([2, 2, 2, 2]);
         let lp = to_vec(prior.log_prob(z, Some(&y)).unwrap());
-        lp.iter().zip(&by_hand).for_each(|(a, b)| assert!((a - b).abs() < 1e-4));
+        lp.iter().zip(&by_hand).for_each(|(a, b)| assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0)));
         // Different classes get different means.
         assert!(m[..8] != m[8..]);
     }
