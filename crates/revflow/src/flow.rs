@@ -133,9 +133,7 @@ pub(crate) fn rank<const A: usize, const B: usize>(t: Tensor<A>) -> Tensor<B> {
 
 /// Host copy of a tensor's values as f64.
 pub(crate) fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
-    t.to_data()
-        .try_to_vec_as::<f64>()
-        .expect("float tensor")
+    t.to_data().try_to_vec_as::<f64>().expect("float tensor")
 }
 
 /// Fails with a clear message if `x` holds NaN or infinite values.
@@ -144,6 +142,9 @@ pub(crate) fn check_finite<const D: usize>(layer: &'static str, x: &Tensor<D>) -
     if finite {
         Ok(())
     } else {
-        Err(FlowError::value(layer, "input contains NaN or infinite values"))
+        Err(FlowError::value(
+            layer,
+            "input contains NaN or infinite values",
+        ))
     }
 }

@@ -43,7 +43,9 @@ impl Lu {
 
     /// `log |det A|` (−∞ for a singular matrix).
     pub fn log_abs_det(&self) -> f64 {
-        (0..self.n).map(|i| self.lu[i * self.n + i].abs().ln()).sum()
+        (0..self.n)
+            .map(|i| self.lu[i * self.n + i].abs().ln())
+            .sum()
     }
 
     /// `A⁻¹`, row-major.
@@ -152,7 +154,9 @@ mod tests {
         assert!((lu.log_abs_det() - 11f64.ln()).abs() < 1e-12);
         let (p, l, u) = lu.factors();
         let back = matmul(&matmul(&p, &l, 3), &u, 3);
-        back.iter().zip(&a).for_each(|(x, y)| assert!((x - y).abs() < 1e-12));
+        back.iter()
+            .zip(&a)
+            .for_each(|(x, y)| assert!((x - y).abs() < 1e-12));
         let eye = matmul(&a, &lu.inverse(), 3);
         for i in 0..3 {
             for j in 0..3 {

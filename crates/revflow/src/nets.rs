@@ -171,7 +171,14 @@ impl ConvNet {
         let h = self.conv2.forward(relu(h));
         let (norm2, h) = step(self.norm2, h)?;
         let y = self.out.forward(relu(h));
-        Ok((ConvNet { norm1, norm2, ..self }, y))
+        Ok((
+            ConvNet {
+                norm1,
+                norm2,
+                ..self
+            },
+            y,
+        ))
     }
 }
 
@@ -284,7 +291,11 @@ impl MlpConfig {
                 .map(|(i, o)| LinearConfig::new(i, o).init(device))
                 .collect(),
             out: ZeroLinear::new(
-                if self.layers == 0 { self.inputs + self.classes } else { self.hidden },
+                if self.layers == 0 {
+                    self.inputs + self.classes
+                } else {
+                    self.hidden
+                },
                 self.outputs,
                 device,
             ),

@@ -30,7 +30,10 @@ pub fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f32 {
 
 pub fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Tensor<2> {
     let mut v = vec![0f32; labels.len() * classes];
-    labels.iter().enumerate().for_each(|(i, &l)| v[i * classes + l] = 1.0);
+    labels
+        .iter()
+        .enumerate()
+        .for_each(|(i, &l)| v[i * classes + l] = 1.0);
     Tensor::from_data(TensorData::new(v, [labels.len(), classes]), device)
 }
 
@@ -66,7 +69,11 @@ pub fn perturb<M: Module>(module: M, std: f64, seed: u64) -> M {
 
 /// `log|det J|` per sample, from the full Jacobian of `flow.forward` computed by autodiff
 /// (one backward pass per output entry) and an f64 LU on the host.
-pub fn jacobian_logdet<const D: usize, F: Flow<D>>(flow: &F, x: &Tensor<D>, cond: Cond) -> Vec<f64> {
+pub fn jacobian_logdet<const D: usize, F: Flow<D>>(
+    flow: &F,
+    x: &Tensor<D>,
+    cond: Cond,
+) -> Vec<f64> {
     let dims = x.dims();
     let (n, m) = (dims[0], dims[1..].iter().product::<usize>());
     let x = x.clone().inner().autodiff().require_grad();
@@ -96,7 +103,10 @@ pub fn check_flow<const D: usize, F: Flow<D>>(flow: &F, x: Tensor<D>, cond: Cond
     let (again, _) = flow.forward(back, cond).unwrap();
     let scale = to_vec(y.clone().abs().max())[0].max(1.0);
     let err = max_abs_diff(&again, &y);
-    assert!(err <= 1e-4 * scale, "forward(inverse(y)) differs from y by {err}");
+    assert!(
+        err <= 1e-4 * scale,
+        "forward(inverse(y)) differs from y by {err}"
+    );
 
     let want = jacobian_logdet(flow, &x, cond);
     for (got, want) in to_vec(logdet).iter().zip(&want) {
@@ -117,10 +127,16 @@ pub fn assert_params_get_gradients<M: Module>(module: &M, grads: burn::tensor::G
             if !t.is_require_grad() {
                 return;
             }
-            let g = t.grad(&self.0).expect("a trainable parameter got no gradient");
+            let g = t
+                .grad(&self.0)
+                .expect("a trainable parameter got no gradient");
             let g = to_vec(g);
             assert!(g.iter().all(|v| v.is_finite()), "non-finite gradient");
-            assert!(g.iter().any(|v| *v != 0.0), "all-zero gradient for {:?}", t.dims());
+            assert!(
+                g.iter().any(|v| *v != 0.0),
+                "all-zero gradient for {:?}",
+                t.dims()
+            );
             self.1 += 1;
         }
     }

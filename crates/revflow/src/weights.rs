@@ -20,7 +20,9 @@ pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
     module
         .save_into(&mut store)
         .map_err(|e| weights_error(e.to_string()))?;
-    let bytes = store.get_bytes().map_err(|e| weights_error(e.to_string()))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| weights_error(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -56,8 +58,18 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
             ),
             other => other.to_string(),
         })
-        .chain(result.missing.iter().map(|(p, _)| format!("{p} is missing")))
-        .chain(result.unused.iter().map(|p| format!("{p} is not in the model")))
+        .chain(
+            result
+                .missing
+                .iter()
+                .map(|(p, _)| format!("{p} is missing")),
+        )
+        .chain(
+            result
+                .unused
+                .iter()
+                .map(|p| format!("{p} is not in the model")),
+        )
         .collect();
     if let Some(first) = problems.first() {
         let more = match problems.len() - 1 {
@@ -77,7 +89,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(|e| {
@@ -121,7 +136,15 @@ mod tests {
         let (kept, z, log_pz) = m.split.forward(h.clone()).unwrap();
         let log_p = m.prior.log_prob(kept.clone(), Some(&y)).unwrap();
         let back = m.flow.inverse(h, None).unwrap();
-        [h_of(kept), h_of(z), h_of(logdet), h_of(log_pz), h_of(log_p), h_of(back)].to_vec()
+        [
+            h_of(kept),
+            h_of(z),
+            h_of(logdet),
+            h_of(log_pz),
+            h_of(log_p),
+            h_of(back),
+        ]
+        .to_vec()
     }
 
     fn h_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -138,7 +161,15 @@ mod tests {
             .data_init(x.clone().autodiff(), None)
             .unwrap();
         let _ = flow.forward(x.clone().autodiff() * 2.0, None).unwrap(); // batch-norm update
-        let model = perturb(Tiny { flow, ..tiny(&dev.clone().autodiff(), 5) }, 0.05, 1).valid();
+        let model = perturb(
+            Tiny {
+                flow,
+                ..tiny(&dev.clone().autodiff(), 5)
+            },
+            0.05,
+            1,
+        )
+        .valid();
 
         let dir = std::env::temp_dir().join(format!("revflow-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -147,9 +178,13 @@ mod tests {
         // A fresh model with other seeds, loaded from the file.
         let loaded = load(tiny(&dev, 99), &path).unwrap();
         assert_eq!(outputs(&model, &x, &dev), outputs(&loaded, &x, &dev));
-        let Layer::ActNorm(actnorm) = &loaded.flow.layers[0] else { panic!() };
+        let Layer::ActNorm(actnorm) = &loaded.flow.layers[0] else {
+            panic!()
+        };
         assert!(actnorm.is_initialized());
-        let Layer::BatchNorm(bn) = &loaded.flow.layers[6] else { panic!() };
+        let Layer::BatchNorm(bn) = &loaded.flow.layers[6] else {
+            panic!()
+        };
         assert!(to_vec(bn.running_mean.value()).iter().any(|m| *m != 0.0));
         // Names a person can read.
         let bytes = std::fs::read(&path).unwrap();
@@ -175,14 +210,25 @@ mod tests {
             ..tiny(&dev, 1)
         };
         let err = load(other, &path).unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("does not match"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("does not match"),
+            "{err}"
+        );
 
         std::fs::write(&path, b"not a safetensors file").unwrap();
         let err = load(tiny(&dev, 1), &path).unwrap_err().to_string();
-        assert!(err.starts_with("weights file") && err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.starts_with("weights file") && err.contains("model.safetensors"),
+            "{err}"
+        );
 
-        let err = load(tiny(&dev, 1), &dir.join("absent.safetensors")).unwrap_err().to_string();
-        assert!(err.contains("absent.safetensors") && err.contains("No such file"), "{err}");
+        let err = load(tiny(&dev, 1), &dir.join("absent.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("absent.safetensors") && err.contains("No such file"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

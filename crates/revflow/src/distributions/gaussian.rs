@@ -107,7 +107,8 @@ impl Gaussian {
                 return Err(FlowError::shape(
                     "class-conditional prior",
                     format!("one-hot labels (N={n}, {})", map.weight.dims()[0]),
-                    y.map(|y| format!("{:?}", y.dims())).unwrap_or("no labels".into()),
+                    y.map(|y| format!("{:?}", y.dims()))
+                        .unwrap_or("no labels".into()),
                 ))
             }
             (None, _) => {}
@@ -156,7 +157,10 @@ mod tests {
     fn learned_and_conditional_priors_use_their_parameters() {
         let dev = device();
         let prior = perturb(
-            GaussianConfig::standard(&[2, 2, 2]).with_learn_top(true).with_classes(3).init(&dev),
+            GaussianConfig::standard(&[2, 2, 2])
+                .with_learn_top(true)
+                .with_classes(3)
+                .init(&dev),
             0.5,
             1,
         );
@@ -178,7 +182,9 @@ mod tests {
             .collect();
         let z = Tensor::<1>::from_floats(z.as_slice(), &dev).reshape([2, 2, 2, 2]);
         let lp = to_vec(prior.log_prob(z, Some(&y)).unwrap());
-        lp.iter().zip(&by_hand).for_each(|(a, b)| assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0)));
+        lp.iter()
+            .zip(&by_hand)
+            .for_each(|(a, b)| assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0)));
         // Different classes get different means.
         assert!(m[..8] != m[8..]);
     }

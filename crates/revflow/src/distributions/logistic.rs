@@ -74,6 +74,9 @@ mod tests {
         // Variance of the standard logistic is π²/3.
         let s: Tensor<2> = Logistic::new(&[20000]).sample(1, 1.0, None, &dev).unwrap();
         let var = to_vec(s.var(1))[0];
-        assert!((var - std::f32::consts::PI.powi(2) / 3.0).abs() < 0.15, "{var}");
+        assert!(
+            (var - std::f32::consts::PI.powi(2) / 3.0).abs() < 0.15,
+            "{var}"
+        );
     }
 }

@@ -63,7 +63,12 @@ impl<const D: usize> Flow<D> for ActNorm {
     fn inverse(&self, y: Tensor<D>, _: Cond) -> Result<Tensor<D>> {
         let c = self.channels();
         check_channels("ActNorm", &y, c)?;
-        Ok(y * self.log_scale.val().neg().exp().reshape(channel_shape::<D>(c))
+        Ok(y * self
+            .log_scale
+            .val()
+            .neg()
+            .exp()
+            .reshape(channel_shape::<D>(c))
             - self.bias.val().reshape(channel_shape::<D>(c)))
     }
 
@@ -110,8 +115,10 @@ mod tests {
         let flat = y.swap_dims(0, 1).reshape([3, -1]);
         let mean = to_vec(flat.clone().mean_dim(1));
         let var = to_vec(flat.var(1));
-        mean.iter().for_each(|m| assert!(m.abs() < 1e-4, "mean {m}"));
-        var.iter().for_each(|v| assert!((v - 1.0).abs() < 1e-3, "var {v}"));
+        mean.iter()
+            .for_each(|m| assert!(m.abs() < 1e-4, "mean {m}"));
+        var.iter()
+            .for_each(|v| assert!((v - 1.0).abs() < 1e-3, "var {v}"));
     }
 
     #[test]
@@ -132,7 +139,11 @@ mod tests {
         let layer = perturb(ActNormConfig::new(4).init(&dev), 0.5, 1);
         check_flow(&layer, randn([2, 4, 4, 4], &dev), None);
         check_flow(&layer, randn([3, 4], &dev), None);
-        check_gradients(ActNormConfig::new(4).init(&ad()), randn([2, 4, 3, 3], &ad()), None);
+        check_gradients(
+            ActNormConfig::new(4).init(&ad()),
+            randn([2, 4, 3, 3], &ad()),
+            None,
+        );
     }
 
     #[test]

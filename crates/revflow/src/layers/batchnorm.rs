@@ -118,11 +118,9 @@ impl<const D: usize> Flow<D> for BatchNormFlow {
         let mean = self.running_mean.value().to_device(&device);
         let var = self.running_var.value().to_device(&device);
         let log_scale = self.log_gamma.val() - (var + self.epsilon).log() * 0.5;
-        Ok(
-            (y - self.beta.val().reshape(channel_shape::<D>(c)))
-                * log_scale.neg().exp().reshape(channel_shape::<D>(c))
-                + mean.reshape(channel_shape::<D>(c)),
-        )
+        Ok((y - self.beta.val().reshape(channel_shape::<D>(c)))
+            * log_scale.neg().exp().reshape(channel_shape::<D>(c))
+            + mean.reshape(channel_shape::<D>(c)))
     }
 }
 
@@ -133,7 +131,9 @@ mod tests {
 
     /// A layer with non-trivial running statistics and affine parameters.
     fn trained(device: &Device) -> BatchNormFlow {
-        let layer = BatchNormFlowConfig::new(4).with_momentum(1.0).init(&device.clone().autodiff());
+        let layer = BatchNormFlowConfig::new(4)
+            .with_momentum(1.0)
+            .init(&device.clone().autodiff());
         let x = randn([8, 4, 3, 3], &device.clone().autodiff()) * 2.0 + 1.0;
         let _ = Flow::<4>::forward(&layer, x, None).unwrap();
         perturb(layer.valid(), 0.4, 3)
@@ -155,8 +155,12 @@ mod tests {
         let (y, logdet_train) = layer.forward(x.clone(), None).unwrap();
         // Normalised by the batch: zero mean, unit variance per channel.
         let flat = y.clone().swap_dims(0, 1).reshape([3, -1]);
-        to_vec(flat.clone().mean_dim(1)).iter().for_each(|m| assert!(m.abs() < 1e-4));
-        to_vec(flat.var_bias(1)).iter().for_each(|v| assert!((v - 1.0).abs() < 1e-3));
+        to_vec(flat.clone().mean_dim(1))
+            .iter()
+            .for_each(|m| assert!(m.abs() < 1e-4));
+        to_vec(flat.var_bias(1))
+            .iter()
+            .for_each(|v| assert!((v - 1.0).abs() < 1e-3));
         // With momentum 1 the running statistics are now the batch's, so evaluation mode must
         // reproduce the training output and log-det, and invert it.
         let eval = layer.valid();
@@ -165,6 +169,10 @@ mod tests {
         assert!(max_abs_diff(&y.inner(), &y_eval) < 1e-4);
         assert!(max_abs_diff(&logdet_train.inner(), &logdet_eval) < 1e-3);
         assert!(max_abs_diff(&eval.inverse(y_eval, None).unwrap(), &x) < 1e-4);
-        check_gradients(BatchNormFlowConfig::new(3).init(&ad), randn([4, 3, 2, 2], &ad), None);
+        check_gradients(
+            BatchNormFlowConfig::new(3).init(&ad),
+            randn([4, 3, 2, 2], &ad),
+            None,
+        );
     }
 }

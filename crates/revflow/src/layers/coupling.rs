@@ -149,7 +149,7 @@ impl CouplingConfig {
 
     /// Wraps a network built for `net_inputs() → net_outputs()` channels.
     pub fn init<N: Module>(&self, net: N, device: &Device) -> Result<Coupling<N>> {
-        if matches!(self.mask, Mask::Channels { .. }) && self.channels % 2 != 0 {
+        if matches!(self.mask, Mask::Channels { .. }) && !self.channels.is_multiple_of(2) {
             return Err(FlowError::Config(format!(
                 "a channel-half coupling needs an even number of channels, got {}",
                 self.channels
@@ -267,7 +267,11 @@ mod tests {
     #[test]
     fn image_couplings_invert_and_logdet_matches_jacobian() {
         let dev = device();
-        for (i, (mask, kind)) in MASKS.iter().flat_map(|m| KINDS.map(|k| (*m, k))).enumerate() {
+        for (i, (mask, kind)) in MASKS
+            .iter()
+            .flat_map(|m| KINDS.map(|k| (*m, k)))
+            .enumerate()
+        {
             let config = CouplingConfig::new(4, mask, kind);
             let net = ConvNetConfig::new(config.net_inputs(), config.net_outputs(), 8).init(&dev);
             let layer = perturb(config.init(net, &dev).unwrap(), 0.3, i as u64);
@@ -278,7 +282,11 @@ mod tests {
     #[test]
     fn resnet_coupling_inverts_and_logdet_matches_jacobian() {
         let dev = device();
-        let config = CouplingConfig::new(2, Mask::Checkerboard { flip: false }, CouplingKind::AffineRealNvp);
+        let config = CouplingConfig::new(
+            2,
+            Mask::Checkerboard { flip: false },
+            CouplingKind::AffineRealNvp,
+        );
         let net = ResNetConfig::new(config.net_inputs(), config.net_outputs(), 8, 2).init(&dev);
         let layer = perturb(config.init(net, &dev).unwrap(), 0.2, 9);
         check_flow(&layer, randn([2, 2, 4, 4], &dev), None);
@@ -287,7 +295,11 @@ mod tests {
     #[test]
     fn vector_couplings_invert_and_logdet_matches_jacobian() {
         let dev = device();
-        for (i, (mask, kind)) in MASKS.iter().flat_map(|m| KINDS.map(|k| (*m, k))).enumerate() {
+        for (i, (mask, kind)) in MASKS
+            .iter()
+            .flat_map(|m| KINDS.map(|k| (*m, k)))
+            .enumerate()
+        {
             let config = CouplingConfig::new(6, mask, kind);
             let net = MlpConfig::new(config.net_inputs(), config.net_outputs(), 16, 2).init(&dev);
             let layer = perturb(config.init(net, &dev).unwrap(), 0.3, 20 + i as u64);
@@ -298,7 +310,8 @@ mod tests {
     #[test]
     fn class_conditional_coupling_depends_on_the_class() {
         let dev = device();
-        let config = CouplingConfig::new(4, Mask::Channels { flip: false }, CouplingKind::AffineGlow);
+        let config =
+            CouplingConfig::new(4, Mask::Channels { flip: false }, CouplingKind::AffineGlow);
         let net = ConvNetConfig::new(config.net_inputs(), config.net_outputs(), 8)
             .with_classes(3)
             .init(&dev);
@@ -319,13 +332,21 @@ mod tests {
             let config = CouplingConfig::new(4, Mask::Channels { flip: false }, kind);
             let net = ConvNetConfig::new(config.net_inputs(), config.net_outputs(), 8).init(&ad);
             let x = randn([2, 4, 4, 4], &ad);
-            let (layer, _) = config.init(net, &ad).unwrap().data_init(x.clone(), None).unwrap();
+            let (layer, _) = config
+                .init(net, &ad)
+                .unwrap()
+                .data_init(x.clone(), None)
+                .unwrap();
             // Zero-initialised output layers stop gradients from reaching earlier ones, so
             // step away from the identity first, as training does after one update.
             check_gradients(perturb(layer, 0.1, 5), x, None);
             let config = CouplingConfig::new(4, Mask::Checkerboard { flip: true }, kind);
             let net = MlpConfig::new(config.net_inputs(), config.net_outputs(), 8, 1).init(&ad);
-            check_gradients(perturb(config.init(net, &ad).unwrap(), 0.1, 6), randn([3, 4], &ad), None);
+            check_gradients(
+                perturb(config.init(net, &ad).unwrap(), 0.1, 6),
+                randn([3, 4], &ad),
+                None,
+            );
         }
     }
 
@@ -333,13 +354,21 @@ mod tests {
     fn rejects_odd_channels_and_wrong_shapes() {
         let dev = device();
         let config = CouplingConfig::new(3, Mask::Channels { flip: false }, CouplingKind::Additive);
-        let err = config.init(MlpConfig::new(1, 1, 4, 1).init(&dev), &dev).unwrap_err();
-        assert!(err.to_string().contains("even number of channels, got 3"), "{err}");
+        let err = config
+            .init(MlpConfig::new(1, 1, 4, 1).init(&dev), &dev)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("even number of channels, got 3"),
+            "{err}"
+        );
         let config = CouplingConfig::new(4, Mask::Channels { flip: false }, CouplingKind::Additive);
         let layer = config
             .init(ConvNetConfig::new(2, 2, 4).init(&dev), &dev)
             .unwrap();
         let err = layer.forward(randn([1, 3, 4, 4], &dev), None).unwrap_err();
-        assert!(err.to_string().contains("Coupling: expected 4 channels"), "{err}");
+        assert!(
+            err.to_string().contains("Coupling: expected 4 channels"),
+            "{err}"
+        );
     }
 }

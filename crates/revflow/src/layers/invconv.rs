@@ -53,7 +53,8 @@ impl InvConvConfig {
             .map(|k| if k % c < k / c { l[k] } else { 0.0 })
             .collect();
         let fixed = |t: Tensor<2>| Param::from_tensor(t).set_require_grad(false);
-        let vector = |v: Vec<f64>| Tensor::<1>::from_data(TensorData::new(v, [c]).convert::<f32>(), device);
+        let vector =
+            |v: Vec<f64>| Tensor::<1>::from_data(TensorData::new(v, [c]).convert::<f32>(), device);
         InvConv1x1Lu {
             permutation: fixed(matrix(&p, c, device)),
             lower: Param::from_tensor(matrix(&strict_lower, c, device)),
@@ -66,7 +67,10 @@ impl InvConvConfig {
 }
 
 fn matrix(values: &[f64], n: usize, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [n, n]).convert::<f32>(), device)
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), [n, n]).convert::<f32>(),
+        device,
+    )
 }
 
 /// `y[:, i, …] = Σ_j w[i, j] · x[:, j, …]`: the shared channel mixing of both layers.
@@ -180,7 +184,35 @@ mod tests {
         let layer = perturb(InvConvConfig::new(4, 7).init(&dev), 0.3, 2);
         check_flow(&layer, randn([2, 4, 4, 4], &dev), None);
         check_flow(&layer, randn([3, 4], &dev), None);
-        check_gradients(InvConvConfig::new(4, 7).init(&ad()), randn([2, 4, 3, 3], &ad()), None);
+        check_gradients(
+            InvConvConfig::new(4, 7).init(&ad()),
+            randn([2, 4, 3, 3], &ad()),
+            None,
+        );
+    }
+
+    #[test]
+    fn plain_logdet_gradient_is_the_inverse_transpose() {
+        // d log|det W| / dW = W⁻ᵀ, checked against central differences of the f64 log-det.
+        let ad = ad();
+        let layer = perturb(InvConvConfig::new(3, 2).init(&ad), 0.4, 5);
+        let (_, logdet) = Flow::<2>::forward(&layer, randn([1, 3], &ad), None).unwrap();
+        let grads = logdet.sum().backward();
+        let got = to_vec(layer.weight.val().grad(&grads).unwrap());
+        let w = to_f64(&layer.weight.val());
+        let h = 1e-6;
+        for k in 0..9 {
+            let (mut up, mut down) = (w.clone(), w.clone());
+            up[k] += h;
+            down[k] -= h;
+            let want =
+                (Lu::new(&up, 3).log_abs_det() - Lu::new(&down, 3).log_abs_det()) / (2.0 * h);
+            assert!(
+                (got[k] as f64 - want).abs() < 1e-4,
+                "entry {k}: {} vs {want}",
+                got[k]
+            );
+        }
     }
 
     #[test]
@@ -189,7 +221,11 @@ mod tests {
         let layer = perturb(InvConvConfig::new(4, 7).init_lu(&dev), 0.3, 3);
         check_flow(&layer, randn([2, 4, 4, 4], &dev), None);
         check_flow(&layer, randn([3, 4], &dev), None);
-        check_gradients(InvConvConfig::new(4, 7).init_lu(&ad()), randn([2, 4, 3, 3], &ad()), None);
+        check_gradients(
+            InvConvConfig::new(4, 7).init_lu(&ad()),
+            randn([2, 4, 3, 3], &ad()),
+            None,
+        );
     }
 
     #[test]
@@ -198,17 +234,31 @@ mod tests {
         let config = InvConvConfig::new(5, 11);
         let plain = to_vec(config.init(&dev).weight.val());
         let lu = to_vec(config.init_lu(&dev).weight());
-        plain.iter().zip(&lu).for_each(|(a, b)| assert!((a - b).abs() < 1e-5));
+        plain
+            .iter()
+            .zip(&lu)
+            .for_each(|(a, b)| assert!((a - b).abs() < 1e-5));
     }
 
     #[test]
     fn rejects_wrong_channel_count() {
         let dev = device();
-        let err = Flow::<4>::forward(&InvConvConfig::new(4, 0).init(&dev), randn([1, 3, 2, 2], &dev), None)
-            .unwrap_err();
-        assert!(err.to_string().contains("InvConv1x1: expected 4 channels"), "{err}");
-        let err = Flow::<2>::inverse(&InvConvConfig::new(4, 0).init_lu(&dev), randn([1, 6], &dev), None)
-            .unwrap_err();
+        let err = Flow::<4>::forward(
+            &InvConvConfig::new(4, 0).init(&dev),
+            randn([1, 3, 2, 2], &dev),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("InvConv1x1: expected 4 channels"),
+            "{err}"
+        );
+        let err = Flow::<2>::inverse(
+            &InvConvConfig::new(4, 0).init_lu(&dev),
+            randn([1, 6], &dev),
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("expected 4 features"), "{err}");
     }
 }

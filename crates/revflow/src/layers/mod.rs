@@ -101,7 +101,10 @@ pub(crate) mod tests {
             coupling(Mask::Channels { flip: false }, CouplingKind::AffineGlow),
             Permute::shuffle(4, seed, device).into(),
             InvConvConfig::new(4, seed + 1).init_lu(device).into(),
-            coupling(Mask::Checkerboard { flip: true }, CouplingKind::AffineRealNvp),
+            coupling(
+                Mask::Checkerboard { flip: true },
+                CouplingKind::AffineRealNvp,
+            ),
             BatchNormFlowConfig::new(4).init(device).into(),
             Permute::reverse(4, device).into(),
             coupling(Mask::Channels { flip: true }, CouplingKind::Additive),
@@ -120,7 +123,10 @@ pub(crate) mod tests {
             ActNormConfig::new(2).init(device).into(),
             coupling(Mask::Channels { flip: false }, CouplingKind::AffineGlow),
             InvConvConfig::new(2, seed).init(device).into(),
-            coupling(Mask::Checkerboard { flip: false }, CouplingKind::AffineRealNvp),
+            coupling(
+                Mask::Checkerboard { flip: false },
+                CouplingKind::AffineRealNvp,
+            ),
             Permute::reverse(2, device).into(),
             coupling(Mask::Channels { flip: true }, CouplingKind::Additive),
             InvConvConfig::new(2, seed + 1).init_lu(device).into(),
@@ -138,7 +144,9 @@ pub(crate) mod tests {
         let flow = perturb(flow, 0.05, 7);
         check_flow(&flow, x, None);
         // Data-dependent init standardised the first layer's output...
-        let Layer::ActNorm(actnorm) = &flow.layers[0] else { panic!() };
+        let Layer::ActNorm(actnorm) = &flow.layers[0] else {
+            panic!()
+        };
         assert!(actnorm.is_initialized());
     }
 
@@ -152,7 +160,11 @@ pub(crate) mod tests {
     }
 
     /// ∫ p(x) dx over a grid that covers the flow's samples with a wide margin.
-    fn integral<P: BaseDistribution<2>>(flow: &Sequential<Layer<Mlp>>, prior: &P, dev: &Device) -> f64 {
+    fn integral<P: BaseDistribution<2>>(
+        flow: &Sequential<Layer<Mlp>>,
+        prior: &P,
+        dev: &Device,
+    ) -> f64 {
         let z: Tensor<2> = prior.sample(4000, 1.0, None, dev).unwrap();
         let x = to_vec(flow.inverse(z, None).unwrap());
         let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
@@ -170,7 +182,9 @@ pub(crate) mod tests {
             let (a, b) = (lo[d] as f64 - width, hi[d] as f64 + width);
             let h = (b - a) / steps as f64;
             cell *= h;
-            axis[d] = (0..steps).map(|i| (a + (i as f64 + 0.5) * h) as f32).collect();
+            axis[d] = (0..steps)
+                .map(|i| (a + (i as f64 + 0.5) * h) as f32)
+                .collect();
         }
         for &u in &axis[0] {
             for &v in &axis[1] {
@@ -197,10 +211,16 @@ pub(crate) mod tests {
             check_flow(&flow, randn([3, 2], &dev), None);
             let gaussian = integral(&flow, &GaussianConfig::standard(&[2]).init(&dev), &dev);
             eprintln!("seed {seed}: Gaussian prior ∫p = {gaussian:.5}");
-            assert!((gaussian - 1.0).abs() < 0.01, "Gaussian prior: ∫p = {gaussian}");
+            assert!(
+                (gaussian - 1.0).abs() < 0.01,
+                "Gaussian prior: ∫p = {gaussian}"
+            );
             let logistic = integral(&flow, &Logistic::new(&[2]), &dev);
             eprintln!("seed {seed}: logistic prior ∫p = {logistic:.5}");
-            assert!((logistic - 1.0).abs() < 0.01, "logistic prior: ∫p = {logistic}");
+            assert!(
+                (logistic - 1.0).abs() < 0.01,
+                "logistic prior: ∫p = {logistic}"
+            );
         }
     }
 }

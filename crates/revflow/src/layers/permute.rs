@@ -32,7 +32,10 @@ impl Permute {
         let tensor = |v: Vec<usize>| {
             let v: Vec<i64> = v.into_iter().map(|i| i as i64).collect();
             let n = v.len();
-            Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(v, [n]), device))
+            Param::initialized(
+                ParamId::new(),
+                Tensor::from_data(TensorData::new(v, [n]), device),
+            )
         };
         Permute {
             perm: tensor(perm),

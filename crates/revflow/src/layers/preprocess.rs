@@ -137,13 +137,19 @@ mod tests {
             let step = (1 << (8 - n_bits)) as f32;
             let x = pixels([2, 3, 4, 4], step, &dev);
             for noise in [true, false] {
-                let layer = Dequantize { n_bits, centered: true, noise };
+                let layer = Dequantize {
+                    n_bits,
+                    centered: true,
+                    noise,
+                };
                 let (y, logdet) = layer.forward(x.clone(), None).unwrap();
                 let (lo, hi) = (to_vec(y.clone().min())[0], to_vec(y.clone().max())[0]);
                 assert!((-0.5..0.5).contains(&lo) && hi < 0.5);
                 assert_eq!(to_vec(layer.inverse(y, None).unwrap()), to_vec(x.clone()));
                 let want = -48.0 * ((1u32 << n_bits) as f32).ln();
-                to_vec(logdet).iter().for_each(|l| assert!((l - want).abs() < 1e-3));
+                to_vec(logdet)
+                    .iter()
+                    .for_each(|l| assert!((l - want).abs() < 1e-3));
             }
         }
     }
@@ -151,7 +157,11 @@ mod tests {
     #[test]
     fn dequantize_logdet_matches_jacobian_at_8_bits() {
         let dev = device();
-        let layer = Dequantize { n_bits: 8, centered: false, noise: false };
+        let layer = Dequantize {
+            n_bits: 8,
+            centered: false,
+            noise: false,
+        };
         check_flow(&layer, pixels([2, 4, 2, 2], 1.0, &dev), None);
     }
 
@@ -169,7 +179,11 @@ mod tests {
         let dev = device();
         let bad = Tensor::<2>::from_floats([[0.0, 256.0]], &dev);
         let err = Dequantize::new(8).forward(bad, None).unwrap_err();
-        assert!(err.to_string().contains("expected values in [0, 255], found values in [0, 256]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected values in [0, 255], found values in [0, 256]"),
+            "{err}"
+        );
         let nan = Tensor::<2>::from_floats([[0.5, f32::NAN]], &dev);
         let err = Logit::new(0.05).forward(nan, None).unwrap_err();
         assert!(err.to_string().contains("NaN"), "{err}");

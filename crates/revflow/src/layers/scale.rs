@@ -59,7 +59,11 @@ mod tests {
     #[test]
     fn inverts_and_logdet_matches_jacobian() {
         let dev = device();
-        check_flow(&perturb(DiagScale::new(8, &dev), 0.5, 1), randn([3, 8], &dev), None);
+        check_flow(
+            &perturb(DiagScale::new(8, &dev), 0.5, 1),
+            randn([3, 8], &dev),
+            None,
+        );
         let image = perturb(DiagScale::new(2 * 3 * 3, &dev), 0.5, 2);
         check_flow(&image, randn([2, 2, 3, 3], &dev), None);
         check_gradients(DiagScale::new(8, &ad()), randn([3, 8], &ad()), None);
@@ -68,7 +72,12 @@ mod tests {
     #[test]
     fn rejects_wrong_size() {
         let dev = device();
-        let err = DiagScale::new(8, &dev).forward(randn([3, 7], &dev), None).unwrap_err();
-        assert!(err.to_string().contains("expected 8 values per sample"), "{err}");
+        let err = DiagScale::new(8, &dev)
+            .forward(randn([3, 7], &dev), None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected 8 values per sample"),
+            "{err}"
+        );
     }
 }

@@ -30,7 +30,7 @@ impl SplitConfig {
     }
 
     pub fn init(&self, device: &Device) -> Result<Split> {
-        if self.channels % 2 != 0 {
+        if !self.channels.is_multiple_of(2) {
             return Err(FlowError::Config(format!(
                 "a split needs an even number of channels, got {}",
                 self.channels
@@ -77,7 +77,12 @@ impl Split {
     }
 
     /// `(h, z) → x`. Without `z`, samples it from the prior at `temperature`.
-    pub fn inverse(&self, kept: Tensor<4>, z: Option<Tensor<4>>, temperature: f64) -> Result<Tensor<4>> {
+    pub fn inverse(
+        &self,
+        kept: Tensor<4>,
+        z: Option<Tensor<4>>,
+        temperature: f64,
+    ) -> Result<Tensor<4>> {
         check_channels("Split inverse", &kept, self.channels / 2)?;
         let z = match z {
             Some(z) if z.dims() == kept.dims() => z,
@@ -118,7 +123,10 @@ mod tests {
             if !learned {
                 assert!(m.iter().chain(&s).all(|v| *v == 0.0));
             } else {
-                assert!(s.iter().any(|v| v.abs() > 1e-3), "prior moved away from N(0, I)");
+                assert!(
+                    s.iter().any(|v| v.abs() > 1e-3),
+                    "prior moved away from N(0, I)"
+                );
             }
             let lp = to_vec(log_p);
             for (i, lp_i) in lp.iter().enumerate() {
@@ -128,7 +136,10 @@ mod tests {
                         -0.5 * (e * e + (2.0 * std::f32::consts::PI).ln()) - s[j]
                     })
                     .sum();
-                assert!((lp_i - by_hand).abs() <= 1e-5 * by_hand.abs().max(1.0), "{lp_i} vs {by_hand}");
+                assert!(
+                    (lp_i - by_hand).abs() <= 1e-5 * by_hand.abs().max(1.0),
+                    "{lp_i} vs {by_hand}"
+                );
             }
             // Sampling fills z in with the right shape.
             let sampled = split.inverse(kept, None, 0.7).unwrap();
@@ -148,9 +159,15 @@ mod tests {
     fn rejects_odd_channels() {
         let dev = device();
         let err = SplitConfig::new(3, true).init(&dev).unwrap_err();
-        assert!(err.to_string().contains("even number of channels, got 3"), "{err}");
+        assert!(
+            err.to_string().contains("even number of channels, got 3"),
+            "{err}"
+        );
         let split = SplitConfig::new(4, false).init(&dev).unwrap();
         let err = split.forward(randn([1, 6, 2, 2], &dev)).unwrap_err();
-        assert!(err.to_string().contains("Split: expected 4 channels"), "{err}");
+        assert!(
+            err.to_string().contains("Split: expected 4 channels"),
+            "{err}"
+        );
     }
 }

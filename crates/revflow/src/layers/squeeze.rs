@@ -38,8 +38,7 @@ impl Flow<4> for Squeeze {
             ));
         }
         let c = c4 / 4;
-        Ok(y
-            .reshape([n, c, 2, 2, h, w])
+        Ok(y.reshape([n, c, 2, 2, h, w])
             .permute([0, 1, 4, 2, 5, 3])
             .reshape([n, c, 2 * h, 2 * w]))
     }
@@ -54,7 +53,9 @@ mod tests {
     #[test]
     fn moves_each_2x2_block_into_channels() {
         let dev = device();
-        let x = Tensor::<1, Int>::arange(0..16, &dev).float().reshape([1, 1, 4, 4]);
+        let x = Tensor::<1, Int>::arange(0..16, &dev)
+            .float()
+            .reshape([1, 1, 4, 4]);
         let (y, _) = Squeeze.forward(x, None).unwrap();
         assert_eq!(y.dims(), [1, 4, 2, 2]);
         // Top-left block of the input is [0, 1; 4, 5].
@@ -71,9 +72,13 @@ mod tests {
     #[test]
     fn rejects_odd_sizes() {
         let dev = device();
-        let err = Squeeze.forward(randn([1, 1, 5, 4], &dev), None).unwrap_err();
+        let err = Squeeze
+            .forward(randn([1, 1, 5, 4], &dev), None)
+            .unwrap_err();
         assert!(err.to_string().contains("Squeeze: expected even"), "{err}");
-        let err = Squeeze.inverse(randn([1, 3, 2, 2], &dev), None).unwrap_err();
+        let err = Squeeze
+            .inverse(randn([1, 3, 2, 2], &dev), None)
+            .unwrap_err();
         assert!(err.to_string().contains("divisible by 4"), "{err}");
     }
 }
