@@ -25,6 +25,13 @@ pub enum FlowError {
     /// A weights file that cannot be read, or that does not match the model.
     #[error("weights file {path}: {problem}")]
     Weights { path: PathBuf, problem: String },
+    /// A data set that cannot be found, read or understood.
+    #[error("{source_name}: {problem}")]
+    Data {
+        /// The file, directory or data-set name at fault.
+        source_name: String,
+        problem: String,
+    },
     /// Input/output failure on a path.
     #[error("{path}: {source}")]
     Io {
@@ -46,6 +53,13 @@ impl FlowError {
             layer,
             expected: expected.into(),
             found: format!("{found:?}"),
+        }
+    }
+
+    pub(crate) fn data(source_name: impl std::fmt::Display, problem: impl Into<String>) -> Self {
+        FlowError::Data {
+            source_name: source_name.to_string(),
+            problem: problem.into(),
         }
     }
 
