@@ -32,6 +32,9 @@ pub enum FlowError {
         source_name: String,
         problem: String,
     },
+    /// Training cannot go on (non-finite loss, a run directory in an unexpected state).
+    #[error("{0}")]
+    Training(String),
     /// Input/output failure on a path.
     #[error("{path}: {source}")]
     Io {

@@ -17,13 +17,17 @@
 //! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
 //! - [`weights`]: saving and loading parameters as safetensors.
 
+pub mod data;
 pub mod distributions;
 pub mod error;
 pub mod flow;
 pub mod layers;
 mod linalg;
+pub mod models;
 pub mod nets;
+pub mod pictures;
 mod rng;
+pub mod training;
 pub mod weights;
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::flow::{Cond, Flow};
 use crate::layers::{ActNorm, ActNormConfig};
 
 /// A network inside a coupling layer, on rank-`D` tensors.
-pub trait Conditioner<const D: usize>: Module {
+pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
     fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
 
     /// Data-dependent initialisation of any ActNorm inside; default: none.
@@ -26,7 +26,8 @@ pub trait Conditioner<const D: usize>: Module {
 /// Appends the class one-hot `(N, K)` as K constant channels (images) or features (vectors).
 fn with_cond<const D: usize>(x: Tensor<D>, cond: Cond, classes: usize) -> Result<Tensor<D>> {
     match (cond, classes) {
-        (None, 0) => Ok(x),
+        // An unconditional network ignores labels the model may pass to every layer.
+        (_, 0) => Ok(x),
         (Some(y), k) if k > 0 && y.dims() == [x.dims()[0], k] => {
             let mut shape = x.dims();
             shape[1] = k;

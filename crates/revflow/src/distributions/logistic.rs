@@ -1,3 +1,4 @@
+use burn::module::Module;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Distribution as Noise, Tensor};
 
@@ -8,8 +9,9 @@ use crate::flow::{sum_per_sample, Cond};
 /// The standard logistic distribution over samples of `shape`, NICE's prior:
 /// `log p(z) = −softplus(z) − softplus(−z)` per entry. Its heavier tails than a Gaussian's
 /// give stronger gradients far from the mode.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct Logistic {
+    #[module(skip)]
     pub shape: Vec<usize>,
 }
 

@@ -9,6 +9,7 @@ mod logistic;
 pub use gaussian::{Gaussian, GaussianConfig};
 pub use logistic::Logistic;
 
+use burn::module::Module;
 use burn::tensor::{Device, Distribution as Noise, Tensor};
 
 use crate::error::Result;
@@ -43,4 +44,28 @@ pub fn gaussian_sample<const D: usize>(
 ) -> Tensor<D> {
     let eps = mean.random_like(Noise::Normal(0.0, 1.0));
     mean + log_std.exp() * eps * temperature
+}
+
+/// The prior of a model: one of the base distributions above.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per model: size does not matter
+pub enum Prior {
+    Gaussian(Gaussian),
+    Logistic(Logistic),
+}
+
+impl<const D: usize> BaseDistribution<D> for Prior {
+    fn log_prob(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<1>> {
+        match self {
+            Prior::Gaussian(p) => p.log_prob(z, cond),
+            Prior::Logistic(p) => p.log_prob(z, cond),
+        }
+    }
+
+    fn sample(&self, n: usize, temperature: f64, cond: Cond, device: &Device) -> Result<Tensor<D>> {
+        match self {
+            Prior::Gaussian(p) => p.sample(n, temperature, cond, device),
+            Prior::Logistic(p) => p.sample(n, temperature, cond, device),
+        }
+    }
 }

@@ -1,0 +1,282 @@
+//! A folder of PNG/JPEG images. Sub-folders are classes; images directly in the folder are
+//! unlabelled.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageReader};
+
+use super::ImageSet;
+use crate::{FlowError, Result};
+
+/// Loads every PNG/JPEG image under `path`.
+///
+/// Each sub-folder holding images is a class (sorted by name; the label is the index), and
+/// then the folder may not also hold images directly; a folder of images alone gives
+/// unlabelled data. Files are read in name order; hidden entries, other files and deeper
+/// folders are skipped. Grey (and grey+alpha) images give 1 channel, colour ones 3 (alpha
+/// is dropped). With `resize = Some((w, h))` every image is resized to w×h (triangle
+/// filter); otherwise all images must already share one size and channel count.
+pub fn load_image_folder(path: &Path, resize: Option<(u32, u32)>) -> Result<ImageSet> {
+    if !path.is_dir() {
+        return Err(FlowError::data(
+            path.display(),
+            "image folder not found (expected a folder of PNG/JPEG images, or of class sub-folders)",
+        ));
+    }
+    let (loose, subdirs) = list(path)?;
+    let mut classes = Vec::new();
+    for dir in subdirs {
+        let files = list(&dir)?.0;
+        if !files.is_empty() {
+            classes.push((file_name(&dir), files));
+        }
+    }
+    if !classes.is_empty() && !loose.is_empty() {
+        return Err(FlowError::data(
+            loose[0].display(),
+            format!(
+                "{} has class sub-folders and also images directly inside it; \
+                 move every image into a class sub-folder, or remove the sub-folders for unlabelled data",
+                path.display()
+            ),
+        ));
+    }
+    let labelled = !classes.is_empty();
+    let files: Vec<(usize, PathBuf)> = if labelled {
+        classes
+            .iter()
+            .enumerate()
+            .flat_map(|(k, (_, files))| files.iter().map(move |f| (k, f.clone())))
+            .collect()
+    } else {
+        loose.into_iter().map(|f| (0, f)).collect()
+    };
+    if files.is_empty() {
+        return Err(FlowError::data(
+            path.display(),
+            "no PNG or JPEG images found in the folder or its sub-folders",
+        ));
+    }
+
+    let mut set = ImageSet {
+        pixels: Vec::new(),
+        channels: 0,
+        height: 0,
+        width: 0,
+        labels: Vec::new(),
+        class_names: classes.into_iter().map(|(name, _)| name).collect(),
+    };
+    let first = &files[0].1;
+    for (label, file) in &files {
+        let (c, w, h, pixels) = decode(file, resize)?;
+        if set.channels == 0 {
+            (set.channels, set.width, set.height) = (c, w, h);
+        } else if (c, w, h) != (set.channels, set.width, set.height) {
+            return Err(FlowError::data(
+                file.display(),
+                format!(
+                    "is {w}×{h} with {c} channel(s), but {} is {}×{} with {} channel(s); \
+                     all images must share one size and channel count{}",
+                    first.display(),
+                    set.width,
+                    set.height,
+                    set.channels,
+                    if c == set.channels {
+                        " (resize them all with --resize WxH)"
+                    } else {
+                        " (convert them all to grey or all to colour)"
+                    }
+                ),
+            ));
+        }
+        set.pixels.extend(pixels);
+        if labelled {
+            set.labels.push(*label);
+        }
+    }
+    Ok(set)
+}
+
+/// Image files and sub-folders of `dir`, each sorted by name, hidden entries skipped.
+fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let read_err =
+        |e: std::io::Error| FlowError::data(dir.display(), format!("cannot list folder: {e}"));
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if file_name(&path).starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            dirs.push(path);
+        } else if is_image(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    dirs.sort();
+    Ok((files, dirs))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn is_image(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
+
+/// (channels, width, height, C×H×W pixels) of one file, converted to 8-bit grey or RGB.
+fn decode(path: &Path, resize: Option<(u32, u32)>) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let bad = |e: &dyn std::fmt::Display| {
+        FlowError::data(path.display(), format!("cannot read image: {e}"))
+    };
+    let img: DynamicImage = ImageReader::open(path)
+        .map_err(|e| bad(&e))?
+        .with_guessed_format()
+        .map_err(|e| bad(&e))?
+        .decode()
+        .map_err(|e| bad(&e))?;
+    let resized = |w, h| resize.filter(|&r| r != (w, h));
+    if img.color().has_color() {
+        let mut rgb = img.to_rgb8();
+        if let Some((w, h)) = resized(rgb.width(), rgb.height()) {
+            rgb = imageops::resize(&rgb, w, h, FilterType::Triangle);
+        }
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        // Interleaved RGB → channel-major C×H×W.
+        let raw = rgb.into_raw();
+        let pixels = (0..3)
+            .flat_map(|c| raw.iter().skip(c).step_by(3).copied().collect::<Vec<_>>())
+            .collect();
+        Ok((3, w, h, pixels))
+    } else {
+        let mut grey = img.to_luma8();
+        if let Some((w, h)) = resized(grey.width(), grey.height()) {
+            grey = imageops::resize(&grey, w, h, FilterType::Triangle);
+        }
+        let (w, h) = (grey.width() as usize, grey.height() as usize);
+        Ok((1, w, h, grey.into_raw()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayAlphaImage, RgbImage, RgbaImage};
+
+    fn rgb(w: u32, h: u32, base: u8) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let v = base + (y * w + x) as u8;
+            image::Rgb([v, v + 100, v + 200])
+        })
+    }
+
+    /// cat/ (two 3×2 PNGs, one of them RGBA), dog/ (one 3×2 PNG), empty/, notes.txt.
+    fn fixture(tag: &str) -> crate::data::tests_support::TempDir {
+        let dir = crate::data::tests_support::temp_dir(tag);
+        for sub in ["cat", "dog", "empty", ".hidden"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        rgb(3, 2, 0).save(dir.join("cat/a.png")).unwrap();
+        let rgba = RgbaImage::from_fn(3, 2, |x, y| {
+            let p = rgb(3, 2, 10).get_pixel(x, y).0;
+            image::Rgba([p[0], p[1], p[2], 7])
+        });
+        rgba.save(dir.join("cat/b.PNG")).unwrap();
+        rgb(3, 2, 20).save(dir.join("dog/c.png")).unwrap();
+        rgb(3, 2, 30).save(dir.join(".hidden/d.png")).unwrap();
+        std::fs::write(dir.join("cat/notes.txt"), "not an image").unwrap();
+        dir
+    }
+
+    #[test]
+    fn classes_from_sub_folders_and_exact_pixels() {
+        let dir = fixture("folder_ok");
+        let s = load_image_folder(&dir, None).unwrap();
+        assert_eq!((s.len(), s.channels, s.height, s.width), (3, 3, 2, 3));
+        assert_eq!(s.class_names, vec!["cat", "dog"]);
+        assert_eq!(s.labels, vec![0, 0, 1]);
+        // Channel-major: the red plane, then green, then blue.
+        let expect = |base: u8| -> Vec<u8> {
+            (0..3u8)
+                .flat_map(|c| (0..6u8).map(move |i| base + i + 100 * c))
+                .collect()
+        };
+        assert_eq!(s.image(0), expect(0).as_slice());
+        assert_eq!(s.image(1), expect(10).as_slice()); // alpha dropped
+        assert_eq!(s.image(2), expect(20).as_slice());
+    }
+
+    #[test]
+    fn odd_size_is_reported_and_resize_fixes_it() {
+        let dir = fixture("folder_odd");
+        rgb(4, 4, 0).save(dir.join("dog/z.png")).unwrap();
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("z.png: is 4×4 with 3 channel(s)"), "{e}");
+        assert!(e.contains("a.png is 3×2 with 3 channel(s)"), "{e}");
+        assert!(e.contains("--resize WxH"), "{e}");
+        let s = load_image_folder(&dir, Some((5, 3))).unwrap();
+        assert_eq!((s.len(), s.channels, s.height, s.width), (4, 3, 3, 5));
+    }
+
+    #[test]
+    fn unlabelled_grey_and_jpeg() {
+        let dir = crate::data::tests_support::temp_dir("folder_grey");
+        let ga = GrayAlphaImage::from_fn(3, 2, |x, _| image::LumaA([x as u8 * 50, 9]));
+        ga.save(dir.join("a.png")).unwrap();
+        image::GrayImage::from_pixel(3, 2, image::Luma([128]))
+            .save(dir.join("b.jpg"))
+            .unwrap();
+        let s = load_image_folder(&dir, None).unwrap();
+        assert_eq!((s.len(), s.channels, s.height, s.width), (2, 1, 2, 3));
+        assert!(s.labels.is_empty() && s.class_names.is_empty());
+        assert_eq!(s.image(0), &[0, 50, 100, 0, 50, 100]);
+        assert!(s.image(1).iter().all(|&p| p.abs_diff(128) <= 2));
+
+        rgb(3, 2, 0).save(dir.join("c.png")).unwrap();
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(
+            e.contains("c.png: is 3×2 with 3 channel(s)") && e.contains("grey or all to colour"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn folder_problems() {
+        let dir = crate::data::tests_support::temp_dir("folder_bad");
+        let e = load_image_folder(&dir.join("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope: image folder not found"), "{e}");
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("no PNG or JPEG images"), "{e}");
+        std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("broken.png: cannot read image"), "{e}");
+
+        let dir = fixture("folder_mixed");
+        rgb(3, 2, 0).save(dir.join("loose.png")).unwrap();
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(
+            e.contains("loose.png") && e.contains("class sub-folders"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_splits_a_folder() {
+        let dir = fixture("folder_split");
+        let name = format!("images:{}", dir.display());
+        let s = crate::data::load(&name, None, 0, 0).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (2, 1));
+        assert_eq!(s.train.num_classes(), 2);
+    }
+}

@@ -1,0 +1,200 @@
+//! Flows on flat vectors: NICE on flattened images (NICE §5: additive couplings with MLPs on
+//! alternating halves, a diagonal scaling layer, a logistic prior) and RealNVP/Glow-style flows
+//! for 2-D and tabular data (ActNorm → invertible linear → affine coupling, Gaussian prior).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use crate::distributions::{BaseDistribution, GaussianConfig, Logistic, Prior};
+use crate::error::{FlowError, Result};
+use crate::flow::{Cond, Flow, Sequential};
+use crate::layers::{
+    ActNormConfig, CouplingConfig, CouplingKind, Dequantize, DiagScale, InvConvConfig, Layer, Mask,
+};
+use crate::nets::{Mlp, MlpConfig};
+
+use super::{NiceConfig, VectorFlowConfig};
+
+#[derive(Module, Debug)]
+pub struct FlatFlow {
+    pub flow: Sequential<Layer<Mlp>>,
+    pub prior: Prior,
+    #[module(skip)]
+    pub dims: usize,
+    /// Bits kept when the inputs are 8-bit pixels (NICE on images); `None` for real vectors.
+    #[module(skip)]
+    pub n_bits: Option<u32>,
+}
+
+impl FlatFlow {
+    fn dequantize(&self, noise: bool) -> Option<Dequantize> {
+        self.n_bits.map(|n_bits| Dequantize {
+            n_bits,
+            centered: false,
+            noise,
+        })
+    }
+
+    fn preprocess(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<2>, Tensor<1>)> {
+        let [n, d] = x.dims();
+        if d != self.dims {
+            return Err(FlowError::shape(
+                "model",
+                format!("{} values per sample", self.dims),
+                format!("{d} values per sample"),
+            ));
+        }
+        match self.dequantize(noise) {
+            Some(dq) => dq.forward(x, None),
+            None => Ok((x.clone(), Tensor::zeros([n], &x.device()))),
+        }
+    }
+
+    fn postprocess(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        match self.dequantize(false) {
+            Some(dq) => dq.inverse(x, None),
+            None => Ok(x),
+        }
+    }
+
+    pub fn log_prob(
+        &self,
+        x: Tensor<2>,
+        cond: Cond,
+        noise: bool,
+    ) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
+        let (x, pre) = self.preprocess(x, noise)?;
+        let (z, logdet) = self.flow.forward(x, cond)?;
+        Ok((pre + logdet + self.prior.log_prob(z, cond)?, None))
+    }
+
+    pub fn encode(&self, x: Tensor<2>, cond: Cond) -> Result<Vec<Tensor<2>>> {
+        let (x, _) = self.preprocess(x, false)?;
+        Ok(vec![self.flow.forward(x, cond)?.0])
+    }
+
+    pub fn decode(&self, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
+        match zs {
+            [z] if z.dims()[1] == self.dims => {
+                self.postprocess(self.flow.inverse(z.clone(), cond)?)
+            }
+            _ => Err(FlowError::shape(
+                "decode",
+                format!("one latent of {} values", self.dims),
+                zs.iter().map(|z| z.dims()).collect::<Vec<_>>(),
+            )),
+        }
+    }
+
+    pub fn sample(
+        &self,
+        n: usize,
+        temperature: f64,
+        cond: Cond,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let z = self.prior.sample(n, temperature, cond, device)?;
+        self.postprocess(self.flow.inverse(z, cond)?)
+    }
+
+    pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
+        let (x, _) = self.preprocess(x, true)?;
+        let (flow, _) = self.flow.data_init(x, cond)?;
+        Ok(FlatFlow { flow, ..self })
+    }
+}
+
+fn mlp_coupling(
+    dims: usize,
+    flip: bool,
+    kind: CouplingKind,
+    hidden: usize,
+    layers: usize,
+    classes: usize,
+    device: &Device,
+) -> Result<Layer<Mlp>> {
+    // Alternating features (NICE's odd/even partition) work for any dimension ≥ 2.
+    let coupling = CouplingConfig::new(dims, Mask::Checkerboard { flip }, kind);
+    let net = MlpConfig::new(
+        coupling.net_inputs(),
+        coupling.net_outputs(),
+        hidden,
+        layers,
+    )
+    .with_classes(classes)
+    .init(device);
+    Ok(coupling.init(net, device)?.into())
+}
+
+fn check_dims(dims: usize) -> Result<()> {
+    if dims < 2 {
+        return Err(FlowError::Config(format!(
+            "a coupling flow needs at least 2 dimensions, got {dims}"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds NICE.
+pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
+    let dims: usize = config.shape.iter().product();
+    check_dims(dims)?;
+    let mut layers = Vec::with_capacity(config.couplings + 1);
+    for i in 0..config.couplings {
+        layers.push(mlp_coupling(
+            dims,
+            i % 2 == 1,
+            CouplingKind::Additive,
+            config.hidden,
+            config.layers,
+            0,
+            device,
+        )?);
+    }
+    layers.push(DiagScale::new(dims, device).into());
+    Ok(FlatFlow {
+        flow: Sequential::new(layers),
+        prior: Prior::Logistic(Logistic::new(&[dims])),
+        dims,
+        n_bits: Some(config.n_bits),
+    })
+}
+
+/// Builds a flow for real vectors.
+pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
+    let dims = config.dims;
+    check_dims(dims)?;
+    let kind = if config.affine {
+        CouplingKind::AffineGlow
+    } else {
+        CouplingKind::Additive
+    };
+    let mut layers = Vec::with_capacity(3 * config.steps);
+    for k in 0..config.steps {
+        layers.push(ActNormConfig::new(dims).init(device).into());
+        layers.push(
+            InvConvConfig::new(dims, config.seed.wrapping_add(k as u64))
+                .init(device)
+                .into(),
+        );
+        layers.push(mlp_coupling(
+            dims,
+            k % 2 == 1,
+            kind,
+            config.hidden,
+            config.layers,
+            config.classes,
+            device,
+        )?);
+    }
+    Ok(FlatFlow {
+        flow: Sequential::new(layers),
+        prior: Prior::Gaussian(
+            GaussianConfig::standard(&[dims])
+                .with_classes(config.classes)
+                .init(device),
+        ),
+        dims,
+        n_bits: None,
+    })
+}

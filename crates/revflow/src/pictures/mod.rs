@@ -1,0 +1,131 @@
+//! Pictures people look at instead of numbers: image grids and strips, and scatter plots of
+//! 2-D samples. Written as PNG, atomically.
+
+use std::path::Path;
+
+use image::{ImageBuffer, Rgb, RgbImage};
+
+use crate::error::{FlowError, Result};
+use crate::weights::write_atomic;
+
+/// Lays out `images` (each C×H×W 8-bit, C = 1 or 3) in a grid of `cols` columns with a
+/// 1-pixel gap, each image magnified `scale` times.
+pub fn grid(images: &[Vec<u8>], shape: [usize; 3], cols: usize, scale: usize) -> RgbImage {
+    let [c, h, w] = shape;
+    let cols = cols.clamp(1, images.len().max(1));
+    let rows = images.len().div_ceil(cols).max(1);
+    let (cell_w, cell_h) = (w * scale + 1, h * scale + 1);
+    let mut out: RgbImage = ImageBuffer::from_pixel(
+        (cols * cell_w + 1) as u32,
+        (rows * cell_h + 1) as u32,
+        Rgb([40, 40, 40]),
+    );
+    for (i, img) in images.iter().enumerate() {
+        let (ox, oy) = (1 + (i % cols) * cell_w, 1 + (i / cols) * cell_h);
+        for y in 0..h * scale {
+            for x in 0..w * scale {
+                let (py, px) = (y / scale, x / scale);
+                let at = |ch: usize| img[ch * h * w + py * w + px];
+                let rgb = if c == 3 {
+                    [at(0), at(1), at(2)]
+                } else {
+                    [at(0); 3]
+                };
+                out.put_pixel((ox + x) as u32, (oy + y) as u32, Rgb(rgb));
+            }
+        }
+    }
+    out
+}
+
+/// A scatter plot of 2-D points (and optionally a reference set in grey), axes fitted to all.
+pub fn scatter(points: &[[f32; 2]], reference: &[[f32; 2]], size: u32) -> RgbImage {
+    let mut out: RgbImage = ImageBuffer::from_pixel(size, size, Rgb([255, 255, 255]));
+    let all = points
+        .iter()
+        .chain(reference)
+        .filter(|p| p[0].is_finite() && p[1].is_finite());
+    let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
+    for p in all {
+        for d in 0..2 {
+            lo[d] = lo[d].min(p[d]);
+            hi[d] = hi[d].max(p[d]);
+        }
+    }
+    let span = (0..2)
+        .map(|d| (hi[d] - lo[d]).max(1e-6))
+        .fold(0f32, f32::max)
+        * 1.1;
+    let centre = [(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0];
+    let to_px = |p: &[f32; 2]| {
+        let x = ((p[0] - centre[0]) / span + 0.5) * size as f32;
+        let y = (0.5 - (p[1] - centre[1]) / span) * size as f32;
+        (x as i64, y as i64)
+    };
+    // Axes through the origin where visible.
+    let (ox, oy) = to_px(&[0.0, 0.0]);
+    for t in 0..size as i64 {
+        for (x, y) in [(ox, t), (t, oy)] {
+            if (0..size as i64).contains(&x) && (0..size as i64).contains(&y) {
+                out.put_pixel(x as u32, y as u32, Rgb([200, 200, 200]));
+            }
+        }
+    }
+    let mut dot = |p: &[f32; 2], colour: Rgb<u8>| {
+        let (x, y) = to_px(p);
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            let (x, y) = (x + dx, y + dy);
+            if (0..size as i64).contains(&x) && (0..size as i64).contains(&y) {
+                out.put_pixel(x as u32, y as u32, colour);
+            }
+        }
+    };
+    reference.iter().for_each(|p| dot(p, Rgb([170, 170, 170])));
+    points.iter().for_each(|p| dot(p, Rgb([30, 90, 200])));
+    out
+}
+
+/// Writes `image` as a PNG at `path`, atomically.
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| FlowError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| FlowError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_places_each_image_in_its_cell() {
+        let a = vec![255u8; 4]; // 1×2×2 white
+        let b = vec![0u8; 4];
+        let g = grid(&[a, b], [1, 2, 2], 2, 3);
+        assert_eq!(g.dimensions(), (2 * 7 + 1, 7 + 1));
+        assert_eq!(g.get_pixel(1, 1), &Rgb([255, 255, 255]));
+        assert_eq!(g.get_pixel(8, 1), &Rgb([0, 0, 0]));
+        assert_eq!(g.get_pixel(0, 0), &Rgb([40, 40, 40]));
+    }
+
+    #[test]
+    fn scatter_draws_points() {
+        let s = scatter(&[[0.0, 0.0], [1.0, 1.0]], &[[-1.0, -1.0]], 100);
+        let blue = s.pixels().filter(|p| **p == Rgb([30, 90, 200])).count();
+        let grey = s.pixels().filter(|p| **p == Rgb([170, 170, 170])).count();
+        assert!(blue >= 4 && grey >= 1);
+    }
+}

@@ -1,0 +1,323 @@
+//! Maximum-likelihood training: Adam with linear warm-up and gradient-norm clipping,
+//! data-dependent initialisation on the first batch, periodic test evaluation, sample grids,
+//! JSONL metrics, and checkpoints from which an interrupted run resumes exactly.
+//!
+//! Every source of randomness (batch order, dequantisation noise, sampling) is seeded from the
+//! run's seed and the step number, so a resumed run follows the loss curve it would have had.
+
+mod batches;
+mod checkpoint;
+mod evaluate;
+
+pub use batches::{batch_indices, one_hot, rows};
+pub use checkpoint::{RunConfig, RunDir, TrainState};
+pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
+
+use std::io::Write;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Data, Splits};
+use crate::error::{FlowError, Result};
+use crate::models::{Model, ModelConfig};
+use batches::mix;
+
+/// Optimisation settings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimiser steps in total.
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Adam's learning rate after warm-up (Glow: 1e-3).
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup: usize,
+    /// Largest gradient L2 norm; larger gradients are scaled down.
+    pub grad_clip: f64,
+    /// Evaluate on the test split and draw samples every this many steps (and at the end).
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Samples used for data-dependent initialisation.
+    pub init_samples: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 64,
+            lr: 1e-3,
+            warmup: 100,
+            grad_clip: 50.0,
+            eval_every: 500,
+            checkpoint_every: 250,
+            init_samples: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// What training reports as it goes; the command line turns these into a progress bar.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        step: usize,
+        steps: usize,
+        resumed: bool,
+    },
+    Step {
+        step: usize,
+        loss: f64,
+        bits_per_dim: f64,
+        lr: f64,
+    },
+    Evaluated {
+        step: usize,
+        test: Evaluation,
+    },
+    Checkpoint {
+        step: usize,
+    },
+}
+
+/// Where training ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub steps: usize,
+    pub test: Evaluation,
+    pub seconds: f64,
+}
+
+/// Draws a sample grid of the inference model at a step (images only); supplied by the
+/// caller so the library does not decide how pictures look or where they go.
+pub type SampleHook<'a> = &'a dyn Fn(&Model, usize) -> Result<()>;
+
+/// Inputs to one training run.
+pub struct Run<'a> {
+    pub config: RunConfig,
+    pub data: &'a Splits,
+    pub dir: RunDir,
+    pub draw_samples: Option<SampleHook<'a>>,
+}
+
+impl Run<'_> {
+    fn dims(&self) -> usize {
+        self.config.model.dims()
+    }
+
+    fn classes(&self) -> usize {
+        self.config.model.classes()
+    }
+
+    /// Starts a new run (`resume = false`) or continues the one in `dir`.
+    pub fn train(&self, resume: bool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+        let started = Instant::now();
+        let device = Device::flex().autodiff();
+        let tc = &self.config.train;
+        check_data(&self.config.model, &self.data.train, "training")?;
+        check_data(&self.config.model, &self.data.test, "test")?;
+        let mut optimizer = AdamConfig::new()
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(tc.grad_clip as f32)))
+            .init();
+        let (mut model, start) = if resume {
+            let saved = self.dir.read_config()?;
+            if saved.model != self.config.model {
+                return Err(FlowError::Training(format!(
+                    "{} holds a different model; resume with the same options or choose another --out",
+                    self.dir.root.display()
+                )));
+            }
+            let state = self.dir.load_state()?;
+            optimizer = self.dir.load_optimizer(optimizer)?;
+            (self.dir.load_model(&self.config, &device)?, state.step)
+        } else {
+            self.dir.write_config(&self.config)?;
+            let _ = std::fs::remove_file(self.dir.metrics());
+            device.seed(tc.seed);
+            let model = self.config.model.init(&device)?;
+            let n = self.data.train.len().min(tc.init_samples.max(2));
+            let idx = batch_indices(self.data.train.len(), n, 0, mix(tc.seed, 1));
+            let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
+            (model.data_init(x, y.as_ref())?, 0)
+        };
+        let mut metrics = Metrics::open(&self.dir, start)?;
+        on_event(Event::Started {
+            step: start,
+            steps: tc.steps,
+            resumed: resume,
+        });
+
+        let mut last_test = None;
+        for step in start..tc.steps {
+            device.seed(mix(tc.seed, 1_000_000 + step as u64));
+            let idx = batch_indices(self.data.train.len(), tc.batch_size, step, tc.seed);
+            let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
+            let (log_p, logits) = model.log_prob(x, y.as_ref(), true)?;
+            let bpd = log_p.neg().mean() / (self.dims() as f64 * std::f64::consts::LN_2);
+            let loss = match (logits, &y, &self.config.model) {
+                (Some(logits), Some(y), ModelConfig::Glow(g)) => {
+                    let ce = (log_softmax(logits, 1) * y.clone()).sum_dim(1).neg().mean();
+                    bpd.clone() + ce * g.class_weight
+                }
+                _ => bpd.clone(),
+            };
+            let (loss_value, bpd_value) = (scalar(&loss), scalar(&bpd));
+            if !loss_value.is_finite() {
+                return Err(FlowError::Training(format!(
+                    "the loss became non-finite at step {step}; the last good checkpoint in {} is kept. Try a lower --lr (now {}), a longer --warmup, additive couplings or fewer --n-bits",
+                    self.dir.checkpoint().display(),
+                    tc.lr
+                )));
+            }
+            let lr = tc.lr * ((step + 1) as f64 / tc.warmup.max(1) as f64).min(1.0);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(lr, model, grads);
+            let done = step + 1;
+            metrics.write(&serde_json::json!({
+                "step": done, "loss": loss_value, "bits_per_dim": bpd_value, "lr": lr,
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?;
+            on_event(Event::Step {
+                step: done,
+                loss: loss_value,
+                bits_per_dim: bpd_value,
+                lr,
+            });
+
+            let last = done == tc.steps;
+            if done % tc.eval_every.max(1) == 0 || last {
+                let test = self.evaluate(&model.valid())?;
+                metrics.write(&serde_json::json!({
+                    "step": done, "test_bits_per_dim": test.bits_per_dim, "test_nats": test.nats,
+                }))?;
+                if let Some(draw) = self.draw_samples {
+                    draw(&model.valid(), done)?;
+                }
+                on_event(Event::Evaluated {
+                    step: done,
+                    test: test.clone(),
+                });
+                last_test = Some(test);
+            }
+            if done % tc.checkpoint_every.max(1) == 0 || last {
+                let state = TrainState {
+                    step: done,
+                    test_bits_per_dim: last_test.as_ref().map(|t| t.bits_per_dim),
+                };
+                self.dir.save(&model, &optimizer, &state)?;
+                on_event(Event::Checkpoint { step: done });
+            }
+        }
+        let test = match last_test {
+            Some(t) => t,
+            None => self.evaluate(&model.valid())?,
+        };
+        Ok(Summary {
+            steps: tc.steps,
+            test,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn evaluate(&self, model: &Model) -> Result<Evaluation> {
+        let device = Device::flex();
+        let batch = self.config.train.batch_size.max(64);
+        evaluate(
+            model,
+            &self.data.test,
+            self.dims(),
+            self.classes(),
+            batch,
+            self.config.train.seed,
+            &device,
+        )
+    }
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
+}
+
+/// The data must have the shape the model was built for.
+pub fn check_data(model: &ModelConfig, data: &Data, part: &str) -> Result<()> {
+    let found = match data {
+        Data::Images(s) => (Some([s.channels, s.height, s.width]), s.sample_dims()),
+        Data::Vectors(s) => (None, s.dim),
+    };
+    let ok = match (model.image_shape(), found) {
+        (Some(shape), (Some(found), _)) => shape == found,
+        (None, (None, d)) => d == model.dims(),
+        _ => false,
+    };
+    if !ok {
+        let describe = |shape: Option<[usize; 3]>, d: usize| match shape {
+            Some([c, h, w]) => format!("{h}×{w} images with {c} channel(s)"),
+            None => format!("vectors of {d} values"),
+        };
+        return Err(FlowError::Data {
+            source_name: format!("{part} data"),
+            problem: format!(
+                "the {} model expects {}, the data has {}",
+                model.name(),
+                describe(model.image_shape(), model.dims()),
+                describe(found.0, found.1)
+            ),
+        });
+    }
+    if data.is_empty() {
+        return Err(FlowError::data(format!("{part} data"), "is empty"));
+    }
+    Ok(())
+}
+
+/// `metrics.jsonl`, truncated to the resumed step so the file tells one consistent story.
+struct Metrics {
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn open(dir: &RunDir, step: usize) -> Result<Self> {
+        let path = dir.metrics();
+        let io = |source| FlowError::Io {
+            path: path.clone(),
+            source,
+        };
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .map(str::to_string)
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        crate::weights::write_atomic(&path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").map_err(|source| FlowError::Io {
+            path: "metrics.jsonl".into(),
+            source,
+        })
+    }
+}
