@@ -21,6 +21,7 @@ pub mod data;
 pub mod distributions;
 pub mod error;
 pub mod flow;
+pub mod latents;
 pub mod layers;
 mod linalg;
 pub mod models;

@@ -91,9 +91,16 @@ impl<const D: usize> Flow<D> for ActNorm {
         }
         let mean = flat.clone().mean_dim(1).reshape([c]);
         let std = flat.var(1).sqrt().reshape([c]);
+        // The statistics are detached; the new values must stay trainable like the old ones.
+        let replace = |old: Tensor<1>, new: Tensor<1>| match old.is_require_grad() {
+            true => new.detach().require_grad(),
+            false => new.detach(),
+        };
         let layer = ActNorm {
-            log_scale: self.log_scale.map(|_| (std + 1e-6).log().neg()),
-            bias: self.bias.map(|_| mean.neg()),
+            log_scale: self
+                .log_scale
+                .map(|old| replace(old, (std + 1e-6).log().neg())),
+            bias: self.bias.map(|old| replace(old, mean.neg())),
             initialized: self.initialized.map(|t| t.ones_like()),
         };
         let (y, _) = layer.forward(x, cond)?;
@@ -144,6 +151,17 @@ mod tests {
             randn([2, 4, 3, 3], &ad()),
             None,
         );
+    }
+
+    #[test]
+    fn initialised_parameters_stay_trainable() {
+        let ad = ad();
+        let (layer, _) = ActNormConfig::new(3)
+            .init(&ad)
+            .data_init(randn([8, 3, 2, 2], &ad), None)
+            .unwrap();
+        assert!(layer.log_scale.val().is_require_grad() && layer.bias.val().is_require_grad());
+        check_gradients(layer, randn([4, 3, 2, 2], &ad), None);
     }
 
     #[test]

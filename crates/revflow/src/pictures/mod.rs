@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use image::{ImageBuffer, Rgb, RgbImage};
+use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 
 use crate::error::{FlowError, Result};
 use crate::weights::write_atomic;
@@ -85,8 +85,50 @@ pub fn scatter(points: &[[f32; 2]], reference: &[[f32; 2]], size: u32) -> RgbIma
     out
 }
 
+/// Reads an image file as 8-bit C×H×W values for a model of `shape` (C = 1: grey, 3: RGB).
+pub fn read_image(path: &Path, shape: [usize; 3]) -> Result<Vec<u8>> {
+    let [c, h, w] = shape;
+    let img = image::open(path)
+        .map_err(|e| FlowError::data(path.display(), format!("cannot read the image ({e})")))?;
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let found_c = if img.color().has_color() { 3 } else { 1 };
+    if (iw, ih) != (w, h) || found_c != c {
+        return Err(FlowError::data(
+            path.display(),
+            format!("is {iw}×{ih} with {found_c} channel(s), the model expects {w}×{h} with {c} channel(s)"),
+        ));
+    }
+    Ok(if c == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        let rgb = img.to_rgb8();
+        (0..3)
+            .flat_map(|ch| rgb.pixels().map(move |p| p[ch]).collect::<Vec<_>>())
+            .collect()
+    })
+}
+
+/// One image, C×H×W 8-bit, as a grey (C = 1) or RGB (C = 3) picture of its own size.
+pub fn single(pixels: &[u8], shape: [usize; 3]) -> DynamicImage {
+    let [c, h, w] = shape;
+    if c == 1 {
+        DynamicImage::ImageLuma8(
+            ImageBuffer::from_raw(w as u32, h as u32, pixels.to_vec()).expect("h·w pixels"),
+        )
+    } else {
+        let hw = h * w;
+        let interleaved: Vec<u8> = (0..hw)
+            .flat_map(|i| [pixels[i], pixels[hw + i], pixels[2 * hw + i]])
+            .collect();
+        DynamicImage::ImageRgb8(
+            ImageBuffer::from_raw(w as u32, h as u32, interleaved).expect("3·h·w pixels"),
+        )
+    }
+}
+
 /// Writes `image` as a PNG at `path`, atomically.
-pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+pub fn save_png(image: impl Into<DynamicImage>, path: &Path) -> Result<()> {
+    let image: DynamicImage = image.into();
     let mut bytes = Vec::new();
     image
         .write_to(

@@ -35,6 +35,9 @@ pub struct RunConfig {
     pub data: String,
     /// Folder of file-based data sets.
     pub data_dir: Option<PathBuf>,
+    /// Training points of a generated 2-D set.
+    #[serde(default)]
+    pub data_samples: usize,
     /// Class names of the training data (for labels on the command line).
     pub class_names: Vec<String>,
 }

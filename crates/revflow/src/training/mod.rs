@@ -8,6 +8,8 @@
 mod batches;
 mod checkpoint;
 mod evaluate;
+#[cfg(test)]
+mod tests;
 
 pub use batches::{batch_indices, one_hot, rows};
 pub use checkpoint::{RunConfig, RunDir, TrainState};
@@ -16,7 +18,7 @@ pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
 use std::io::Write;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
@@ -39,7 +41,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear warm-up from 0 to `lr`.
     pub warmup: usize,
-    /// Largest gradient L2 norm; larger gradients are scaled down.
+    /// Largest L2 norm of each parameter's gradient; larger ones are scaled down (burn clips
+    /// every parameter tensor on its own, not the global norm).
     pub grad_clip: f64,
     /// Evaluate on the test split and draw samples every this many steps (and at the end).
     pub eval_every: usize,
@@ -138,7 +141,8 @@ impl Run<'_> {
             }
             let state = self.dir.load_state()?;
             optimizer = self.dir.load_optimizer(optimizer)?;
-            (self.dir.load_model(&self.config, &device)?, state.step)
+            let model = for_training(self.dir.load_model(&self.config, &device)?);
+            (model, state.step)
         } else {
             self.dir.write_config(&self.config)?;
             let _ = std::fs::remove_file(self.dir.metrics());
@@ -147,7 +151,7 @@ impl Run<'_> {
             let n = self.data.train.len().min(tc.init_samples.max(2));
             let idx = batch_indices(self.data.train.len(), n, 0, mix(tc.seed, 1));
             let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
-            (model.data_init(x, y.as_ref())?, 0)
+            (for_training(model.data_init(x, y.as_ref())?), 0)
         };
         let mut metrics = Metrics::open(&self.dir, start)?;
         on_event(Event::Started {
@@ -172,11 +176,27 @@ impl Run<'_> {
             };
             let (loss_value, bpd_value) = (scalar(&loss), scalar(&bpd));
             if !loss_value.is_finite() {
+                // Numbered like metrics.jsonl, whose line `step + 1` would have held this loss.
+                let checkpoint = self.dir.checkpoint();
+                let kept = match self.dir.load_state() {
+                    Ok(state) => format!(
+                        "the last good checkpoint, of step {}, is kept in {}",
+                        state.step,
+                        checkpoint.display()
+                    ),
+                    Err(_) => format!("no checkpoint was written to {} yet", checkpoint.display()),
+                };
                 return Err(FlowError::Training(format!(
-                    "the loss became non-finite at step {step}; the last good checkpoint in {} is kept. Try a lower --lr (now {}), a longer --warmup, additive couplings or fewer --n-bits",
-                    self.dir.checkpoint().display(),
+                    "the loss became non-finite at step {}; {kept}. Try a lower --lr (now {}), a longer --warmup, additive couplings or fewer --n-bits",
+                    step + 1,
                     tc.lr
                 )));
+            }
+            // Checkpoint the weights after `step` steps only now that they gave a finite loss,
+            // so that the checkpoint kept after a failure is one training can resume from (a
+            // new run's first is its data-initialised model, at step 0).
+            if (step > start || !resume) && step % tc.checkpoint_every.max(1) == 0 {
+                self.save(&model, &optimizer, step, &last_test, on_event)?;
             }
             let lr = tc.lr * ((step + 1) as f64 / tc.warmup.max(1) as f64).min(1.0);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -208,13 +228,8 @@ impl Run<'_> {
                 });
                 last_test = Some(test);
             }
-            if done % tc.checkpoint_every.max(1) == 0 || last {
-                let state = TrainState {
-                    step: done,
-                    test_bits_per_dim: last_test.as_ref().map(|t| t.bits_per_dim),
-                };
-                self.dir.save(&model, &optimizer, &state)?;
-                on_event(Event::Checkpoint { step: done });
+            if last {
+                self.save(&model, &optimizer, done, &last_test, on_event)?;
             }
         }
         let test = match last_test {
@@ -228,9 +243,27 @@ impl Run<'_> {
         })
     }
 
+    fn save(
+        &self,
+        model: &Model,
+        optimizer: &burn::optim::ModuleOptimizer,
+        step: usize,
+        last_test: &Option<Evaluation>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let state = TrainState {
+            step,
+            test_bits_per_dim: last_test.as_ref().map(|t| t.bits_per_dim),
+        };
+        self.dir.save(model, optimizer, &state)?;
+        on_event(Event::Checkpoint { step });
+        Ok(())
+    }
+
     fn evaluate(&self, model: &Model) -> Result<Evaluation> {
         let device = Device::flex();
-        let batch = self.config.train.batch_size.max(64);
+        // The command line's `eval` uses the same batches, so both report the same number.
+        let batch = EVAL_BATCH;
         evaluate(
             model,
             &self.data.test,
@@ -242,6 +275,29 @@ impl Run<'_> {
         )
     }
 }
+
+/// The same model, ready for the optimizer and identical whether fresh or loaded:
+///
+/// - every parameter that is meant to be trained requires gradients again (`train()`):
+///   data-dependent initialisation replaces ActNorm's scale and bias by values computed from
+///   detached statistics, which left them frozen in a fresh run but not in a resumed one;
+/// - every float parameter gets an id that depends only on its place in the model: Adam's saved
+///   moments are keyed by parameter id, and a freshly built model draws new random ids, so a
+///   resumed run would otherwise restart Adam from zero moments and leave its loss curve.
+fn for_training(model: Model) -> Model {
+    struct Ids(u64);
+    impl ModuleMapper for Ids {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (_, value, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(mix(0x9A7A_1D5E_ED00_0001, self.0).into(), value, mapper)
+        }
+    }
+    model.train().map(&mut Ids(0))
+}
+
+/// Batch size of test evaluations (its noise is seeded per batch).
+pub const EVAL_BATCH: usize = 256;
 
 fn scalar(t: &Tensor<1>) -> f64 {
     t.clone().into_scalar::<f32>() as f64

@@ -1,0 +1,471 @@
+//! `revflow train`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use revflow::data::{self, Data, Splits};
+use revflow::models::{
+    GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlowConfig,
+};
+use revflow::training::{per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig};
+use revflow::{FlowError, Result};
+
+use crate::use_model::draw_samples;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum ModelKind {
+    Glow,
+    Realnvp,
+    Nice,
+    Vector,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CouplingArg {
+    Additive,
+    Affine,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PermutationArg {
+    Reverse,
+    Shuffle,
+    Invconv,
+    InvconvLu,
+}
+
+/// Train a flow by maximum likelihood.
+///
+/// Without arguments: Glow on the embedded 8×8 digits into runs/glow-digits, then the test
+/// bits/dim next to a per-pixel baseline, and sample grids in runs/glow-digits/samples/.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model family (default: glow for images, vector for vectors).
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Data set: digits, mnist, fashion-mnist, cifar10, images:<folder>, csv:<file>, or a
+    /// generated 2-D set (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals,
+    /// rings, swissroll). See `revflow data list`.
+    #[arg(long, default_value = "digits")]
+    pub data: String,
+    /// Folder holding mnist / fashion-mnist / cifar10 files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Training points of a generated 2-D set.
+    #[arg(long, default_value_t = 8192)]
+    pub samples: usize,
+    /// Run directory (default: runs/<model>-<data>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (--steps may extend it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print one JSON object on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+
+    // Optimisation.
+    /// Optimiser steps [default: 1500 for the digits default, 2000 otherwise].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate after warm-up [default: 1e-3].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warm-up steps [default: 100].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Gradient-norm clipping [default: 50].
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    // Architecture (each family reads its own).
+    /// Glow: levels L.
+    #[arg(long)]
+    pub levels: Option<usize>,
+    /// Glow: steps per level K.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Hidden width of the coupling networks.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Glow / vector: coupling type.
+    #[arg(long, value_enum)]
+    pub coupling: Option<CouplingArg>,
+    /// Glow: how channels are mixed between couplings.
+    #[arg(long, value_enum)]
+    pub permutation: Option<PermutationArg>,
+    /// Glow: use a fixed N(0, I) top prior instead of a learned one.
+    #[arg(long)]
+    pub no_learn_top: bool,
+    /// Glow / vector: condition on the class labels (y-cond).
+    #[arg(long)]
+    pub ycond: bool,
+    /// Glow: weight of the auxiliary class loss with --ycond.
+    #[arg(long)]
+    pub class_weight: Option<f64>,
+    /// Bits per pixel kept (1-8).
+    #[arg(long)]
+    pub n_bits: Option<u32>,
+    /// RealNVP: scales.
+    #[arg(long)]
+    pub scales: Option<usize>,
+    /// RealNVP: residual blocks per coupling network.
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// RealNVP: logit margin α.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// NICE: couplings.
+    #[arg(long)]
+    pub couplings: Option<usize>,
+    /// NICE / vector: hidden layers per coupling network.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Vector: flow steps.
+    #[arg(long)]
+    pub flow_steps: Option<usize>,
+}
+
+fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
+    let (shape, dims, classes) = match data {
+        Data::Images(s) => (
+            Some([s.channels, s.height, s.width]),
+            s.sample_dims(),
+            s.class_names.len(),
+        ),
+        Data::Vectors(s) => (None, s.dim, s.class_names.len()),
+    };
+    let kind = args.model.unwrap_or(if shape.is_some() {
+        ModelKind::Glow
+    } else {
+        ModelKind::Vector
+    });
+    let classes = if args.ycond {
+        if classes == 0 {
+            return Err(FlowError::Config(format!(
+                "--ycond needs labelled data; {} has no labels",
+                args.data
+            )));
+        }
+        classes
+    } else {
+        0
+    };
+    let need_images = |name: &str| {
+        shape.ok_or_else(|| {
+            FlowError::Config(format!(
+                "{name} models images; {} holds vectors (use --model vector)",
+                args.data
+            ))
+        })
+    };
+    let affine = args.coupling.map(|c| matches!(c, CouplingArg::Affine));
+    Ok(match kind {
+        ModelKind::Glow => {
+            let d = GlowConfig::default();
+            ModelConfig::Glow(GlowConfig {
+                shape: need_images("Glow")?,
+                levels: args.levels.unwrap_or(d.levels),
+                depth: args.depth.unwrap_or(d.depth),
+                hidden: args.hidden.unwrap_or(d.hidden),
+                affine: affine.unwrap_or(d.affine),
+                permutation: match args.permutation {
+                    None => d.permutation,
+                    Some(PermutationArg::Reverse) => Permutation::Reverse,
+                    Some(PermutationArg::Shuffle) => Permutation::Shuffle,
+                    Some(PermutationArg::Invconv) => Permutation::Invconv,
+                    Some(PermutationArg::InvconvLu) => Permutation::InvconvLu,
+                },
+                learn_top: !args.no_learn_top,
+                classes,
+                class_weight: args.class_weight.unwrap_or(d.class_weight),
+                n_bits: args.n_bits.unwrap_or(d.n_bits),
+                seed: args.seed,
+            })
+        }
+        ModelKind::Realnvp => {
+            let d = RealNvpConfig::default();
+            ModelConfig::Realnvp(RealNvpConfig {
+                shape: need_images("RealNVP")?,
+                scales: args.scales.unwrap_or(d.scales),
+                hidden: args.hidden.unwrap_or(d.hidden),
+                blocks: args.blocks.unwrap_or(d.blocks),
+                alpha: args.alpha.unwrap_or(d.alpha),
+                n_bits: args.n_bits.unwrap_or(d.n_bits),
+            })
+        }
+        ModelKind::Nice => {
+            let d = NiceConfig::default();
+            ModelConfig::Nice(NiceConfig {
+                shape: need_images("NICE")?,
+                couplings: args.couplings.unwrap_or(d.couplings),
+                hidden: args.hidden.unwrap_or(d.hidden),
+                layers: args.layers.unwrap_or(d.layers),
+                n_bits: args.n_bits.unwrap_or(d.n_bits),
+            })
+        }
+        ModelKind::Vector => {
+            if shape.is_some() && args.model.is_some() {
+                return Err(FlowError::Config(format!(
+                    "{} holds images; use glow, realnvp or nice",
+                    args.data
+                )));
+            }
+            let d = VectorFlowConfig::default();
+            ModelConfig::Vector(VectorFlowConfig {
+                dims,
+                steps: args.flow_steps.unwrap_or(d.steps),
+                hidden: args.hidden.unwrap_or(d.hidden),
+                layers: args.layers.unwrap_or(d.layers),
+                affine: affine.unwrap_or(d.affine),
+                classes,
+                seed: args.seed,
+            })
+        }
+    })
+}
+
+fn train_config(args: &TrainArgs, base: TrainConfig) -> TrainConfig {
+    TrainConfig {
+        steps: args.steps.unwrap_or(base.steps),
+        batch_size: args.batch_size.unwrap_or(base.batch_size),
+        lr: args.lr.unwrap_or(base.lr),
+        warmup: args.warmup.unwrap_or(base.warmup),
+        grad_clip: args.grad_clip.unwrap_or(base.grad_clip),
+        eval_every: args.eval_every.unwrap_or(base.eval_every),
+        checkpoint_every: args.checkpoint_every.unwrap_or(base.checkpoint_every),
+        ..base
+    }
+}
+
+/// Loads the data a run was (or will be) trained on.
+pub fn load_data(config: &RunConfig) -> Result<Splits> {
+    data::load(
+        &config.data,
+        config.data_dir.as_deref(),
+        config.train.seed,
+        config.data_samples.max(1),
+    )
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (config, dir) = if args.resume {
+        let out = args
+            .out
+            .clone()
+            .ok_or_else(|| FlowError::Config("--resume needs --out RUN_DIR".into()))?;
+        let dir = RunDir::new(&out);
+        let mut config = dir.read_config()?;
+        config.train = train_config(&args, config.train.clone());
+        (config, dir)
+    } else {
+        let splits = data::load(
+            &args.data,
+            args.data_dir.as_deref(),
+            args.seed,
+            args.samples,
+        )?;
+        let model = model_config(&args, &splits.train)?;
+        let default_run = args.data == "digits" && args.model.is_none();
+        let base = TrainConfig {
+            seed: args.seed,
+            steps: if default_run {
+                1500
+            } else {
+                TrainConfig::default().steps
+            },
+            ..TrainConfig::default()
+        };
+        let name = args
+            .data
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or("data")
+            .to_string();
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{name}", model.name())));
+        let dir = RunDir::new(&out);
+        if dir.has_checkpoint() {
+            return Err(FlowError::Config(format!(
+                "{} already holds a run; continue it with --resume --out {0}, or choose another --out",
+                out.display()
+            )));
+        }
+        let class_names = match &splits.train {
+            Data::Images(s) => s.class_names.clone(),
+            Data::Vectors(s) => s.class_names.clone(),
+        };
+        let config = RunConfig {
+            model,
+            train: train_config(&args, base),
+            data: args.data.clone(),
+            data_dir: args.data_dir.clone(),
+            data_samples: args.samples,
+            class_names,
+        };
+        (config, dir)
+    };
+    let splits = load_data(&config)?;
+    eprintln!(
+        "revflow: training {} on {} ({}) into {}",
+        config.model.name(),
+        config.data,
+        splits.description,
+        dir.root.display()
+    );
+    let samples_dir = dir.samples();
+    let draw = |model: &Model, step: usize| -> Result<()> {
+        draw_samples(
+            model,
+            &config,
+            &splits.test,
+            &samples_dir.join(format!("step-{step:06}.png")),
+            0.7,
+        )
+    };
+    let run = Run {
+        config: config.clone(),
+        data: &splits,
+        dir: dir.clone(),
+        draw_samples: Some(&draw),
+    };
+    let mut progress = Progress::new();
+    let summary = run.train(args.resume, &mut |event| progress.show(event))?;
+    progress.finish();
+
+    let baseline = match (&splits.train, &splits.test, config.model.image_shape()) {
+        (Data::Images(train), Data::Images(test), Some(_)) => {
+            let n_bits = match &config.model {
+                ModelConfig::Glow(c) => c.n_bits,
+                ModelConfig::Realnvp(c) => c.n_bits,
+                ModelConfig::Nice(c) => c.n_bits,
+                ModelConfig::Vector(_) => 8,
+            };
+            Some(per_pixel_baseline(train, test, n_bits))
+        }
+        _ => None,
+    };
+    let samples = samples_dir.join(format!("step-{:06}.png", summary.steps));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": config.model.name(), "data": config.data, "steps": summary.steps,
+                "seconds": summary.seconds, "test_bits_per_dim": summary.test.bits_per_dim,
+                "test_nats": summary.test.nats, "per_pixel_baseline_bits_per_dim": baseline,
+                "run": dir.root, "samples": samples,
+            })
+        );
+    } else {
+        let baseline = baseline
+            .map(|b| format!(" (independent per-pixel model: {b:.3})"))
+            .unwrap_or_default();
+        println!(
+            "{} on {}: {} steps in {:.0} s; test {:.3} bits/dim{baseline}, {:.2} nats; samples {}; run {}",
+            config.model.name(),
+            config.data,
+            summary.steps,
+            summary.seconds,
+            summary.test.bits_per_dim,
+            summary.test.nats,
+            samples.display(),
+            dir.root.display()
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; periodic log lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    steps: usize,
+    start: usize,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            steps: 0,
+            start: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn show(&mut self, event: Event) {
+        match event {
+            Event::Started {
+                step,
+                steps,
+                resumed,
+            } => {
+                self.steps = steps;
+                self.start = step;
+                if resumed {
+                    eprintln!("revflow: resuming at step {step} of {steps}");
+                }
+                if std::io::stderr().is_terminal() {
+                    let bar = ProgressBar::new(steps as u64).with_position(step as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}",
+                        )
+                        .expect("valid template"),
+                    );
+                    self.bar = Some(bar);
+                }
+            }
+            Event::Step {
+                step,
+                loss,
+                bits_per_dim,
+                lr,
+            } => match &self.bar {
+                Some(bar) => {
+                    bar.set_position(step as u64);
+                    bar.set_message(format!(
+                        "loss {loss:.4} bits/dim {bits_per_dim:.3} lr {lr:.1e}"
+                    ));
+                }
+                None => {
+                    if step % (self.steps / 20).max(1) == 0 {
+                        let rate = (step - self.start) as f64
+                            / self.started.elapsed().as_secs_f64().max(1e-9);
+                        let eta = (self.steps - step) as f64 / rate.max(1e-9);
+                        eprintln!(
+                            "step {step}/{}: loss {loss:.4}, bits/dim {bits_per_dim:.3}, {rate:.1} it/s, ETA {eta:.0} s",
+                            self.steps
+                        );
+                    }
+                }
+            },
+            Event::Evaluated { step, test } => {
+                let line = format!("step {step}: test {:.3} bits/dim", test.bits_per_dim);
+                match &self.bar {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            Event::Checkpoint { .. } => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! Commands that use a trained run: eval, sample, encode, decode, interpolate, manipulate.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use revflow::burn::tensor::{Device, Tensor, TensorData};
+use revflow::data::{Data, Splits};
+use revflow::models::Model;
+use revflow::pictures::{grid, read_image, save_png, scatter, single};
+use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
+use revflow::{latents, FlowError, Result};
+
+use crate::train::load_data;
+
+/// A trained run, ready for inference.
+struct Loaded {
+    config: RunConfig,
+    model: Model,
+    device: Device,
+    dir: RunDir,
+}
+
+fn open(run: &Path) -> Result<Loaded> {
+    let dir = RunDir::new(run);
+    let config = dir.read_config()?;
+    let device = Device::flex();
+    let model = dir.load_model(&config, &device)?;
+    Ok(Loaded {
+        config,
+        model,
+        device,
+        dir,
+    })
+}
+
+impl Loaded {
+    fn classes(&self) -> usize {
+        self.config.model.classes()
+    }
+
+    fn image_shape(&self, what: &str) -> Result<[usize; 3]> {
+        self.config.model.image_shape().ok_or_else(|| {
+            FlowError::Config(format!(
+                "{what} needs an image model; {} models vectors",
+                self.dir.root.display()
+            ))
+        })
+    }
+
+    /// A class given by name or index.
+    fn class(&self, name: &str) -> Result<usize> {
+        let names = &self.config.class_names;
+        names
+            .iter()
+            .position(|n| n == name)
+            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < names.len()))
+            .ok_or_else(|| {
+                FlowError::Config(format!(
+                    "unknown class {name:?}; the run's classes are {names:?}"
+                ))
+            })
+    }
+
+    /// One-hot labels for a conditional model, `None` for an unconditional one.
+    fn labels(&self, labels: &[usize]) -> Option<Tensor<2>> {
+        (self.classes() > 0).then(|| one_hot(labels.iter().copied(), self.classes(), &self.device))
+    }
+
+    /// Inputs given as image files, or as `test:N`, `train:N`, `test:A..B` rows of the run's
+    /// data; returns values `(N, D)` and labels (0 where unknown).
+    fn inputs(&self, specs: &[String], class: Option<usize>) -> Result<(Tensor<2>, Vec<usize>)> {
+        let mut values: Vec<f32> = Vec::new();
+        let mut labels = Vec::new();
+        let mut splits: Option<Splits> = None;
+        for spec in specs {
+            if let Some((part, range)) = spec
+                .split_once(':')
+                .filter(|(p, _)| *p == "test" || *p == "train")
+            {
+                let splits = match &mut splits {
+                    Some(s) => s,
+                    None => splits.insert(load_data(&self.config)?),
+                };
+                let data = if part == "test" {
+                    &splits.test
+                } else {
+                    &splits.train
+                };
+                let bad = || {
+                    FlowError::Config(format!(
+                        "{spec}: expected {part}:N or {part}:A..B with indices below {}",
+                        data.len()
+                    ))
+                };
+                let (a, b) = match range.split_once("..") {
+                    Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+                    None => {
+                        let i: usize = range.parse().map_err(|_| bad())?;
+                        (i, i + 1)
+                    }
+                };
+                if a >= b || b > data.len() {
+                    return Err(bad());
+                }
+                let idx: Vec<usize> = (a..b).collect();
+                let (x, _) = rows(data, &idx, 0, &self.device);
+                values.extend(x.into_data().try_to_vec_as::<f32>().expect("floats"));
+                let known = match data {
+                    Data::Images(s) => &s.labels,
+                    Data::Vectors(s) => &s.labels,
+                };
+                labels.extend(
+                    idx.iter()
+                        .map(|&i| class.or(known.get(i).copied()).unwrap_or(0)),
+                );
+            } else {
+                let shape = self.image_shape("reading an image file")?;
+                let pixels = read_image(Path::new(spec), shape)?;
+                values.extend(pixels.iter().map(|&p| p as f32));
+                labels.push(class.unwrap_or(0));
+            }
+        }
+        let d = self.config.model.dims();
+        let n = values.len() / d;
+        Ok((
+            Tensor::from_data(TensorData::new(values, [n, d]), &self.device),
+            labels,
+        ))
+    }
+}
+
+fn pixels_of(x: Tensor<2>) -> Vec<Vec<u8>> {
+    let d = x.dims()[1];
+    let v = x.into_data().try_to_vec_as::<f32>().expect("floats");
+    v.chunks(d)
+        .map(|row| {
+            row.iter()
+                .map(|p| p.round().clamp(0.0, 255.0) as u8)
+                .collect()
+        })
+        .collect()
+}
+
+fn points_of(x: Tensor<2>) -> Vec<Vec<f32>> {
+    let d = x.dims()[1];
+    x.into_data()
+        .try_to_vec_as::<f32>()
+        .expect("floats")
+        .chunks(d)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+fn write_csv(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
+    let text: String = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n"
+        })
+        .collect();
+    revflow::weights::write_atomic(path, text.as_bytes())
+}
+
+/// A sample picture: an image grid (a row per class for conditional models), or a scatter plot
+/// of the first two coordinates over the test data.
+pub fn draw_samples(
+    model: &Model,
+    config: &RunConfig,
+    test: &Data,
+    path: &Path,
+    temperature: f64,
+) -> Result<()> {
+    let device = Device::flex();
+    let classes = config.model.classes();
+    let n = if config.model.image_shape().is_some() {
+        64
+    } else {
+        2000
+    };
+    let labels: Vec<usize> = (0..n)
+        .map(|i| if classes > 0 { (i / 8) % classes } else { 0 })
+        .collect();
+    let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, &device));
+    let x = model.sample(n, temperature, cond.as_ref(), &device)?;
+    let picture = match config.model.image_shape() {
+        Some(shape) => grid(&pixels_of(x), shape, 8, 4),
+        None => {
+            let reference: Vec<[f32; 2]> = match test {
+                Data::Vectors(s) => (0..s.len()).map(|i| [s.row(i)[0], s.row(i)[1]]).collect(),
+                Data::Images(_) => Vec::new(),
+            };
+            let pts: Vec<[f32; 2]> = points_of(x).iter().map(|p| [p[0], p[1]]).collect();
+            scatter(&pts, &reference, 480)
+        }
+    };
+    save_png(picture, path)
+}
+
+/// Bits/dim of a trained run on its data.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory (from `revflow train --out`).
+    pub run: PathBuf,
+    /// Which split: test or train.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Write each input's bits/dim to this CSV (index,label,bits_per_dim): rank inputs by
+    /// likelihood to find unusual ones.
+    #[arg(long)]
+    pub per_sample: Option<PathBuf>,
+    /// Batch size; the dequantisation noise is seeded per batch, so keep the default to match
+    /// the numbers training reported.
+    #[arg(long, default_value_t = revflow::training::EVAL_BATCH)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    let splits = load_data(&run.config)?;
+    let data = match args.split.as_str() {
+        "test" => &splits.test,
+        "train" => &splits.train,
+        other => {
+            return Err(FlowError::Config(format!(
+                "--split must be test or train, not {other:?}"
+            )))
+        }
+    };
+    revflow::training::check_data(&run.config.model, data, &args.split)?;
+    let dims = run.config.model.dims();
+    let e = evaluate(
+        &run.model,
+        data,
+        dims,
+        run.classes(),
+        args.batch_size,
+        run.config.train.seed,
+        &run.device,
+    )?;
+    if let Some(path) = &args.per_sample {
+        let labels = match data {
+            Data::Images(s) => &s.labels,
+            Data::Vectors(s) => &s.labels,
+        };
+        let mut text = String::from("index,label,bits_per_dim\n");
+        for (i, b) in e.per_sample.iter().enumerate() {
+            let label = labels.get(i).map(|l| l.to_string()).unwrap_or_default();
+            text.push_str(&format!("{i},{label},{b}\n"));
+        }
+        revflow::weights::write_atomic(path, text.as_bytes())?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"run": args.run, "split": args.split, "samples": data.len(),
+                "bits_per_dim": e.bits_per_dim, "nats": e.nats, "dims": dims})
+        );
+    } else {
+        println!(
+            "{} {}: {:.4} bits/dim, {:.3} nats per sample ({} samples of {dims} dimensions)",
+            args.run.display(),
+            args.split,
+            e.bits_per_dim,
+            e.nats,
+            data.len()
+        );
+    }
+    Ok(())
+}
+
+/// Draw samples from a trained run.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    pub run: PathBuf,
+    /// Number of samples (per temperature).
+    #[arg(short, default_value_t = 64)]
+    pub n: usize,
+    /// Temperature T: latents drawn from N(μ, (T·σ)²); lower is smoother, less varied.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    /// A sweep: one row per temperature, e.g. 0,0.5,0.7,1.0 (overrides --temperature).
+    #[arg(long, value_delimiter = ',')]
+    pub temperatures: Vec<f64>,
+    /// Class to sample (name or index) for class-conditional runs.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Output PNG.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write the samples as CSV (vectors: the values; images: the pixels).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn sample(args: SampleArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    run.device.seed(args.seed);
+    let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
+    if run.classes() > 0 && class.is_none() && args.n > 0 {
+        eprintln!(
+            "revflow: class-conditional run; sampling classes in turn (choose one with --class)"
+        );
+    }
+    let temperatures = if args.temperatures.is_empty() {
+        vec![args.temperature]
+    } else {
+        args.temperatures.clone()
+    };
+    let mut all = Vec::new();
+    for &t in &temperatures {
+        let labels: Vec<usize> = (0..args.n)
+            .map(|i| class.unwrap_or(i % run.classes().max(1)))
+            .collect();
+        let cond = run.labels(&labels);
+        all.push(run.model.sample(args.n, t, cond.as_ref(), &run.device)?);
+    }
+    let x = Tensor::cat(all, 0);
+    let picture = match run.config.model.image_shape() {
+        Some(shape) => {
+            let cols = if temperatures.len() > 1 {
+                args.n
+            } else {
+                (args.n as f64).sqrt().ceil() as usize
+            };
+            grid(&pixels_of(x.clone()), shape, cols, 4)
+        }
+        None => {
+            let pts: Vec<[f32; 2]> = points_of(x.clone())
+                .iter()
+                .map(|p| [p[0], p.get(1).copied().unwrap_or(0.0)])
+                .collect();
+            scatter(&pts, &[], 480)
+        }
+    };
+    save_png(picture, &args.out)?;
+    if let Some(csv) = &args.csv {
+        write_csv(csv, &points_of(x))?;
+    }
+    println!(
+        "{} samples at T = {temperatures:?} in {}",
+        args.n * temperatures.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Encode inputs to latent files.
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    pub run: PathBuf,
+    /// Image files, or rows of the run's data: test:N, train:N, test:A..B.
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Class of file inputs (name or index) for class-conditional runs.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Latent file to write (safetensors: z0 … zK, every level).
+    #[arg(long, default_value = "latents.safetensors")]
+    pub out: PathBuf,
+}
+
+pub fn encode(args: EncodeArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
+    let (x, labels) = run.inputs(&args.inputs, class)?;
+    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
+    let meta = HashMap::from([
+        ("run".to_string(), args.run.display().to_string()),
+        ("model".to_string(), run.config.model.name().to_string()),
+        (
+            "labels".to_string(),
+            labels
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ]);
+    latents::save(&args.out, &zs, meta)?;
+    let sizes: Vec<usize> = zs.iter().map(|z| z.dims()[1]).collect();
+    println!(
+        "{} input(s) → {} ({} levels of {sizes:?} values)",
+        labels.len(),
+        args.out.display(),
+        zs.len()
+    );
+    Ok(())
+}
+
+/// Decode a latent file.
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    pub run: PathBuf,
+    pub latents: PathBuf,
+    /// Folder for the decoded images (0.png, 1.png, …) or, for vectors, a CSV file.
+    #[arg(long, default_value = "decoded")]
+    pub out: PathBuf,
+}
+
+pub fn decode(args: DecodeArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    let (zs, meta) = latents::load(&args.latents, &run.device)?;
+    let n = zs[0].dims()[0];
+    let labels: Vec<usize> = meta
+        .get("labels")
+        .map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect())
+        .filter(|l: &Vec<usize>| l.len() == n)
+        .unwrap_or_else(|| vec![0; n]);
+    let x = run.model.decode(&zs, run.labels(&labels).as_ref())?;
+    match run.config.model.image_shape() {
+        Some(shape) => {
+            std::fs::create_dir_all(&args.out).map_err(|source| FlowError::Io {
+                path: args.out.clone(),
+                source,
+            })?;
+            for (i, img) in pixels_of(x).iter().enumerate() {
+                save_png(single(img, shape), &args.out.join(format!("{i}.png")))?;
+            }
+        }
+        None => write_csv(&args.out, &points_of(x))?,
+    }
+    println!("{n} decoded into {}", args.out.display());
+    Ok(())
+}
+
+/// Interpolate between two inputs.
+#[derive(Args, Debug)]
+pub struct InterpolateArgs {
+    pub run: PathBuf,
+    /// First input (image file or test:N / train:N).
+    pub a: String,
+    /// Second input.
+    pub b: String,
+    /// Images in the strip, the two ends included.
+    #[arg(long, default_value_t = 9)]
+    pub steps: usize,
+    #[arg(long, default_value = "interpolation.png")]
+    pub out: PathBuf,
+}
+
+/// Decodes `zs + t·dir` for each t, as one strip picture.
+fn strip(
+    run: &Loaded,
+    zs: &[Tensor<2>],
+    dir: &[Tensor<2>],
+    ts: &[f64],
+    label: usize,
+    shape: [usize; 3],
+    out: &Path,
+) -> Result<()> {
+    let mut images = Vec::with_capacity(ts.len());
+    for &t in ts {
+        let z: Vec<Tensor<2>> = zs
+            .iter()
+            .zip(dir)
+            .map(|(z, d)| z.clone() + d.clone() * t)
+            .collect();
+        let x = run.model.decode(&z, run.labels(&[label]).as_ref())?;
+        images.extend(pixels_of(x));
+    }
+    save_png(grid(&images, shape, images.len(), 4), out)
+}
+
+pub fn interpolate(args: InterpolateArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    let shape = run.image_shape("interpolate")?;
+    let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
+    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
+    let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
+    let dir: Vec<Tensor<2>> = zs
+        .iter()
+        .map(|z| z.clone().narrow(0, 1, 1) - z.clone().narrow(0, 0, 1))
+        .collect();
+    let steps = args.steps.max(2);
+    let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
+    strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
+    println!(
+        "{steps} images from {} to {} in {}",
+        args.a,
+        args.b,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Move an input along the direction from one class to another.
+#[derive(Args, Debug)]
+pub struct ManipulateArgs {
+    pub run: PathBuf,
+    /// The input (image file or test:N / train:N).
+    pub input: String,
+    /// Class the direction starts from (name or index).
+    #[arg(long)]
+    pub from: String,
+    /// Class the direction points to (name or index).
+    #[arg(long)]
+    pub to: String,
+    /// Multiples α of the direction mean(z | to) − mean(z | from) added to the input's latent.
+    #[arg(long, value_delimiter = ',', default_value = "-1,-0.5,0,0.5,1,1.5")]
+    pub alphas: Vec<f64>,
+    /// Training inputs per class used for the mean latents.
+    #[arg(long, default_value_t = 500)]
+    pub per_class: usize,
+    #[arg(long, default_value = "manipulation.png")]
+    pub out: PathBuf,
+}
+
+pub fn manipulate(args: ManipulateArgs) -> Result<()> {
+    let run = open(&args.run)?;
+    let shape = run.image_shape("manipulate")?;
+    let (from, to) = (run.class(&args.from)?, run.class(&args.to)?);
+    let splits = load_data(&run.config)?;
+    let labels = match &splits.train {
+        Data::Images(s) => s.labels.clone(),
+        Data::Vectors(s) => s.labels.clone(),
+    };
+    let mean_latents = |class: usize| -> Result<Vec<Tensor<2>>> {
+        let idx: Vec<usize> = (0..labels.len())
+            .filter(|&i| labels[i] == class)
+            .take(args.per_class)
+            .collect();
+        if idx.is_empty() {
+            return Err(FlowError::Config(format!(
+                "no training inputs of class {class}"
+            )));
+        }
+        let (x, _) = rows(&splits.train, &idx, 0, &run.device);
+        let zs = run
+            .model
+            .encode(x, run.labels(&vec![class; idx.len()]).as_ref())?;
+        Ok(zs.into_iter().map(|z| z.mean_dim(0)).collect())
+    };
+    let (m_from, m_to) = (mean_latents(from)?, mean_latents(to)?);
+    let dir: Vec<Tensor<2>> = m_to.into_iter().zip(m_from).map(|(a, b)| a - b).collect();
+    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
+    let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
+    strip(
+        &run,
+        &zs,
+        &dir,
+        &args.alphas,
+        input_labels[0],
+        shape,
+        &args.out,
+    )?;
+    println!(
+        "{} moved by α ∈ {:?} along {} → {} in {}",
+        args.input,
+        args.alphas,
+        args.from,
+        args.to,
+        args.out.display()
+    );
+    Ok(())
+}
