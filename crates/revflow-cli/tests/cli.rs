@@ -52,6 +52,8 @@ const TINY_GLOW: &[&str] = &[
     "16",
     "--batch-size",
     "32",
+    "--n-bits",
+    "8",
 ];
 
 fn pixels(path: &Path) -> Vec<u8> {
@@ -205,8 +207,6 @@ fn decoded_test_digits_equal_the_data_for_glow_and_realnvp() {
         "realnvp",
     ];
     ok(&realnvp, &dir);
-    // Reference pixels: test rows written by the data module's order, via eval-free path: the
-    // encode of test:k decoded must equal the encode → decode of the same file written from it.
     for run in ["glow", "realnvp"] {
         ok(
             &["encode", run, "test:0..16", "--out", "z.safetensors"],
@@ -214,12 +214,19 @@ fn decoded_test_digits_equal_the_data_for_glow_and_realnvp() {
         );
         ok(&["decode", run, "z.safetensors", "--out", run], &dir);
     }
-    // Both models, independently trained, decode to identical images: the test digits.
+    // Both models decode their encodings to the test digits themselves, pixel for pixel.
+    let splits = revflow::data::load("digits", None, 0, 0).unwrap();
+    let revflow::data::Data::Images(test) = &splits.test else {
+        panic!()
+    };
     for k in 0..16 {
-        let a = pixels(&dir.join(format!("glow/{k}.png")));
-        let b = pixels(&dir.join(format!("realnvp/{k}.png")));
-        assert_eq!(a, b, "image {k}");
-        assert!(a.iter().any(|&p| p > 0));
+        for run in ["glow", "realnvp"] {
+            assert_eq!(
+                pixels(&dir.join(format!("{run}/{k}.png"))),
+                test.image(k),
+                "{run}: image {k}"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -396,5 +403,80 @@ fn data_list_names_every_set_and_fetch_fails_cleanly_offline() {
         &dir,
         "nosuchset",
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes the embedded digits as MNIST-format IDX files (the standard names) into `dir`.
+fn digits_as_idx(dir: &Path) {
+    let splits = revflow::data::load("digits", None, 0, 0).unwrap();
+    for (data, prefix) in [(&splits.train, "train"), (&splits.test, "t10k")] {
+        let revflow::data::Data::Images(set) = data else {
+            panic!()
+        };
+        let n = set.len() as u32;
+        let mut images = vec![0, 0, 8, 3];
+        for v in [n, 8, 8] {
+            images.extend(v.to_be_bytes());
+        }
+        images.extend(&set.pixels);
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend(n.to_be_bytes());
+        labels.extend(set.labels.iter().map(|&l| l as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+#[test]
+fn glow_realnvp_and_nice_learn_from_mnist_format_files() {
+    let dir = temp("idx");
+    std::fs::create_dir_all(dir.join("mnist")).unwrap();
+    digits_as_idx(&dir.join("mnist"));
+    let common = [
+        "--data",
+        "mnist",
+        "--data-dir",
+        "mnist",
+        "--steps",
+        "200",
+        "--eval-every",
+        "100",
+        "--batch-size",
+        "32",
+        "--n-bits",
+        "4",
+    ];
+    let models: [&[&str]; 3] = [
+        &[
+            "--model", "glow", "--levels", "2", "--depth", "2", "--hidden", "16",
+        ],
+        &["--model", "realnvp", "--hidden", "8", "--blocks", "1"],
+        &["--model", "nice", "--hidden", "64", "--layers", "2"],
+    ];
+    for (i, model) in models.iter().enumerate() {
+        let out = format!("run{i}");
+        let mut args: Vec<&str> = vec!["train", "--out", &out];
+        args.extend(common);
+        args.extend(*model);
+        ok(&args, &dir);
+        let metrics = std::fs::read_to_string(dir.join(&out).join("metrics.jsonl")).unwrap();
+        let steps: Vec<f64> = metrics
+            .lines()
+            .filter_map(|l| json(l)["bits_per_dim"].as_f64())
+            .collect();
+        let tests: Vec<f64> = metrics
+            .lines()
+            .filter_map(|l| json(l)["test_bits_per_dim"].as_f64())
+            .collect();
+        let (first, last) = (steps[0], tests[tests.len() - 1]);
+        assert!(
+            last < first - 0.5,
+            "{model:?}: first training batch {first} bits/dim, final test {last}"
+        );
+        assert!(
+            tests[1] <= tests[0] + 0.05,
+            "{model:?}: test bits/dim {tests:?}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

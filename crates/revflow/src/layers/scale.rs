@@ -49,6 +49,39 @@ impl<const D: usize> Flow<D> for DiagScale {
         let scale = self.scale_for(&y, -1.0)?;
         Ok(y * scale)
     }
+
+    /// Starts each dimension at unit variance on the first batch (as ActNorm does per
+    /// channel), so that training need not spend thousands of steps growing the scales.
+    fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
+        self.scale_for(&x, 1.0)?;
+        let n = x.dims()[0];
+        if n < 2 {
+            return Err(FlowError::shape(
+                "DiagScale initialisation",
+                "at least 2 samples",
+                x.dims(),
+            ));
+        }
+        let std = x
+            .clone()
+            .detach()
+            .reshape([n as i64, -1])
+            .var(0)
+            .sqrt()
+            .reshape([-1]);
+        let layer = DiagScale {
+            log_scale: self.log_scale.map(|old| {
+                let new = (std + 1e-6).log().neg().detach();
+                if old.is_require_grad() {
+                    new.require_grad()
+                } else {
+                    new
+                }
+            }),
+        };
+        let (y, _) = layer.forward(x, cond)?;
+        Ok((layer, y))
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +100,17 @@ mod tests {
         let image = perturb(DiagScale::new(2 * 3 * 3, &dev), 0.5, 2);
         check_flow(&image, randn([2, 2, 3, 3], &dev), None);
         check_gradients(DiagScale::new(8, &ad()), randn([3, 8], &ad()), None);
+    }
+
+    #[test]
+    fn data_init_gives_unit_variance_per_dimension() {
+        let dev = device();
+        let x = randn([64, 3], &dev) * Tensor::<2>::from_floats([[0.1, 1.0, 5.0]], &dev);
+        let (layer, y) = DiagScale::new(3, &dev).data_init(x, None).unwrap();
+        to_vec(y.var(0))
+            .iter()
+            .for_each(|v| assert!((v - 1.0).abs() < 1e-3, "{v}"));
+        check_flow(&layer, randn([2, 3], &dev), None);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct GlowConfig {
     /// Weight of the auxiliary classification loss in y-cond models (Glow: 0.01).
     pub class_weight: f64,
     pub n_bits: u32,
+    /// A data-initialised ActNorm per pixel position before the first level (not in the paper;
+    /// helps small data sets with near-constant pixels such as the digits' borders).
+    pub pixel_norm: bool,
     pub seed: u64,
 }
 
@@ -67,6 +70,7 @@ impl Default for GlowConfig {
             classes: 0,
             class_weight: 0.01,
             n_bits: 8,
+            pixel_norm: false,
             seed: 0,
         }
     }
@@ -302,6 +306,14 @@ mod tests {
                 levels: 2,
                 depth: 2,
                 hidden: 8,
+                ..Default::default()
+            }),
+            ModelConfig::Glow(GlowConfig {
+                shape,
+                levels: 1,
+                depth: 1,
+                hidden: 8,
+                pixel_norm: true,
                 ..Default::default()
             }),
             ModelConfig::Glow(GlowConfig {

@@ -19,8 +19,8 @@ use crate::distributions::{BaseDistribution, Gaussian, GaussianConfig};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
-    ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize, InvConvConfig,
-    Layer, Logit, Mask, Permute, Split, SplitConfig, Squeeze,
+    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize,
+    InvConvConfig, Layer, Logit, Mask, Permute, Split, SplitConfig, Squeeze,
 };
 use crate::nets::{Conditioner, ConvNet, ConvNetConfig, ResNet, ResNetConfig};
 
@@ -108,6 +108,10 @@ impl<N: Conditioner<4>> Level<N> {
 /// A multi-scale flow on 8-bit images, with its preprocessing and top prior.
 #[derive(Module, Debug)]
 pub struct MultiScale<N: Module + ModuleDisplay> {
+    /// An ActNorm over every pixel position, not just every channel (an option, not in the
+    /// papers): data-initialised, it gives near-constant pixels (image borders) the
+    /// per-position scale that channel-wise layers cannot.
+    pub pixel_norm: Option<ActNorm>,
     pub levels: Vec<Level<N>>,
     pub top: Gaussian,
     /// Glow's y-cond auxiliary classifier on the spatial mean of the top latent.
@@ -161,6 +165,18 @@ impl<N: Conditioner<4>> MultiScale<N> {
 
     /// Pixels `(N, C·H·W)` → model input `(N, C, H, W)` and the preprocessing log-det.
     fn preprocess(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<4>, Tensor<1>)> {
+        let (x, logdet) = self.dequantize_input(x, noise)?;
+        match &self.pixel_norm {
+            Some(norm) => {
+                let (y, more) = per_pixel(x, |x| norm.forward(x, None))?;
+                Ok((y, logdet + more))
+            }
+            None => Ok((x, logdet)),
+        }
+    }
+
+    /// Dequantisation, and the logit for RealNVP.
+    fn dequantize_input(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<4>, Tensor<1>)> {
         let [n, d] = x.dims();
         let [c, h, w] = self.shape;
         if d != c * h * w {
@@ -184,6 +200,10 @@ impl<N: Conditioner<4>> MultiScale<N> {
 
     /// Model space `(N, C, H, W)` → pixels `(N, C·H·W)`, exact 8-bit levels.
     fn postprocess(&self, x: Tensor<4>) -> Result<Tensor<2>> {
+        let x = match &self.pixel_norm {
+            Some(norm) => per_pixel(x, |x| Ok((norm.inverse(x, None)?, ())))?.0,
+            None => x,
+        };
         let x = match self.logit_alpha {
             Some(alpha) => Logit::new(alpha).inverse(x, None)?,
             None => x,
@@ -296,7 +316,20 @@ impl<N: Conditioner<4>> MultiScale<N> {
     }
 
     pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
-        let (x, _) = self.preprocess(x, true)?;
+        let (mut x, _) = self.dequantize_input(x, true)?;
+        let pixel_norm = match self.pixel_norm {
+            Some(norm) => {
+                let mut init = None;
+                x = per_pixel(x, |x| {
+                    let (norm, y) = norm.clone().data_init(x, None)?;
+                    init = Some(norm);
+                    Ok((y, ()))
+                })?
+                .0;
+                init
+            }
+            None => None,
+        };
         let mut levels = Vec::with_capacity(self.levels.len());
         let mut h = x;
         for level in self.levels {
@@ -304,8 +337,22 @@ impl<N: Conditioner<4>> MultiScale<N> {
             levels.push(level);
             h = next;
         }
-        Ok(MultiScale { levels, ..self })
+        Ok(MultiScale {
+            levels,
+            pixel_norm,
+            ..self
+        })
     }
+}
+
+/// Applies `f` to images viewed as flat rows `(N, C·H·W)`.
+fn per_pixel<T>(
+    x: Tensor<4>,
+    f: impl FnOnce(Tensor<2>) -> Result<(Tensor<2>, T)>,
+) -> Result<(Tensor<4>, T)> {
+    let dims = x.dims();
+    let (y, extra) = f(flatten(x))?;
+    Ok((y.reshape(dims), extra))
 }
 
 fn flatten(z: Tensor<4>) -> Tensor<2> {
@@ -378,6 +425,9 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
         shape: config.shape,
         n_bits: config.n_bits,
         logit_alpha: None,
+        pixel_norm: config
+            .pixel_norm
+            .then(|| ActNormConfig::new(config.shape.iter().product()).init(device)),
     })
 }
 
@@ -436,5 +486,6 @@ pub fn realnvp(config: &RealNvpConfig, device: &Device) -> Result<MultiScale<Res
         shape: config.shape,
         n_bits: config.n_bits,
         logit_alpha: Some(config.alpha),
+        pixel_norm: None,
     })
 }

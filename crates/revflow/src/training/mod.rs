@@ -19,6 +19,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
@@ -44,6 +45,8 @@ pub struct TrainConfig {
     /// Largest L2 norm of each parameter's gradient; larger ones are scaled down (burn clips
     /// every parameter tensor on its own, not the global norm).
     pub grad_clip: f64,
+    /// L2 penalty added to every gradient (0: none); regularises small data sets.
+    pub weight_decay: f64,
     /// Evaluate on the test split and draw samples every this many steps (and at the end).
     pub eval_every: usize,
     /// Write a checkpoint every this many steps (and at the end).
@@ -61,6 +64,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             warmup: 100,
             grad_clip: 50.0,
+            weight_decay: 0.0,
             eval_every: 500,
             checkpoint_every: 250,
             init_samples: 256,
@@ -130,6 +134,9 @@ impl Run<'_> {
         check_data(&self.config.model, &self.data.test, "test")?;
         let mut optimizer = AdamConfig::new()
             .with_grad_clipping(Some(GradientClippingConfig::Norm(tc.grad_clip as f32)))
+            .with_weight_decay(
+                (tc.weight_decay > 0.0).then(|| WeightDecayConfig::new(tc.weight_decay as f32)),
+            )
             .init();
         let (mut model, start) = if resume {
             let saved = self.dir.read_config()?;

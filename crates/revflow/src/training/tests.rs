@@ -95,6 +95,7 @@ fn train_config(steps: usize) -> TrainConfig {
         lr: 1e-3,
         warmup: 5,
         grad_clip: 50.0,
+        weight_decay: 0.0,
         eval_every: 10,
         checkpoint_every: 5,
         init_samples: 64,
