@@ -20,8 +20,17 @@ use revflow::FlowError;
 #[derive(Parser, Debug)]
 #[command(name = "revflow", version, about, long_about)]
 struct Cli {
+    /// Print one JSON object on stdout instead of the one-line summary.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What a command did: one line for people, one JSON object for programs.
+pub struct Report {
+    pub human: String,
+    pub json: serde_json::Value,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,8 +126,8 @@ const LAYERS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn run(cli: Cli) -> Result<(), FlowError> {
-    match cli.command {
+fn run(command: Command) -> Result<Report, FlowError> {
+    match command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => use_model::eval(args),
         Command::Sample(args) => use_model::sample(args),
@@ -129,24 +138,32 @@ fn run(cli: Cli) -> Result<(), FlowError> {
         Command::Data {
             action: DataAction::List,
         } => {
-            for (name, what) in revflow::data::catalogue() {
-                println!("{name:<18} {what}");
-            }
-            Ok(())
+            let list = revflow::data::catalogue();
+            Ok(Report {
+                human: list.iter().map(|(name, what)| format!("{name:<18} {what}")).collect::<Vec<_>>().join("\n"),
+                json: serde_json::json!(list.iter().map(|(name, what)| serde_json::json!({"name": name, "description": what})).collect::<Vec<_>>()),
+            })
         }
         Command::Data {
             action: DataAction::Fetch { name, dir },
         } => {
             revflow::data::fetch(&name, &dir)?;
-            println!("{name}: files in {}", dir.display());
-            Ok(())
+            Ok(Report {
+                human: format!("{name}: files in {}", dir.display()),
+                json: serde_json::json!({"data": name, "dir": dir}),
+            })
         }
-        Command::Layers => {
-            for (name, what, logdet) in LAYERS {
-                println!("{name:<26} {what:<46} log|det J| = {logdet}");
-            }
-            Ok(())
-        }
+        Command::Layers => Ok(Report {
+            human: LAYERS
+                .iter()
+                .map(|(name, what, logdet)| format!("{name:<26} {what:<46} log|det J| = {logdet}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            json: serde_json::json!(LAYERS
+                .iter()
+                .map(|(name, what, logdet)| serde_json::json!({"layer": name, "map": what, "log_det": logdet}))
+                .collect::<Vec<_>>()),
+        }),
     }
 }
 
@@ -162,8 +179,15 @@ fn main() -> ExitCode {
         eprintln!("revflow: internal error: {msg} (please report it)");
         std::process::exit(2);
     }));
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(report) => {
+            match cli.json {
+                true => println!("{}", report.json),
+                false => println!("{}", report.human),
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("revflow: {e}");
             ExitCode::from(2)

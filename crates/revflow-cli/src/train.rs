@@ -13,6 +13,7 @@ use revflow::training::{per_pixel_baseline, Event, Run, RunConfig, RunDir, Train
 use revflow::{FlowError, Result};
 
 use crate::use_model::draw_samples;
+use crate::Report;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum ModelKind {
@@ -56,15 +57,16 @@ pub struct TrainArgs {
     /// Training points of a generated 2-D set.
     #[arg(long, default_value_t = 8192)]
     pub samples: usize,
+    /// Resize the images of an images:<folder> set to WIDTHxHEIGHT (they must otherwise
+    /// share one size).
+    #[arg(long, value_parser = parse_size)]
+    pub resize: Option<(u32, u32)>,
     /// Run directory (default: runs/<model>-<data>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (--steps may extend it).
     #[arg(long)]
     pub resume: bool,
-    /// Print one JSON object on stdout at the end.
-    #[arg(long)]
-    pub json: bool,
 
     // Optimisation.
     /// Optimiser steps [default: 3000 for Glow on the digits, 2000 otherwise].
@@ -282,17 +284,27 @@ fn train_config(args: &TrainArgs, base: TrainConfig) -> TrainConfig {
     }
 }
 
+fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("expected WIDTHxHEIGHT such as 32x32, found {text:?}");
+    let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (w.parse(), h.parse()) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(bad()),
+    }
+}
+
 /// Loads the data a run was (or will be) trained on.
 pub fn load_data(config: &RunConfig) -> Result<Splits> {
-    data::load(
+    data::load_resized(
         &config.data,
         config.data_dir.as_deref(),
         config.train.seed,
         config.data_samples.max(1),
+        config.data_resize,
     )
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs) -> Result<Report> {
     let (config, dir) = if args.resume {
         let out = args
             .out
@@ -303,11 +315,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.train = train_config(&args, config.train.clone());
         (config, dir)
     } else {
-        let splits = data::load(
+        let splits = data::load_resized(
             &args.data,
             args.data_dir.as_deref(),
             args.seed,
             args.samples,
+            args.resize,
         )?;
         let model = model_config(&args, &splits.train)?;
         let base = TrainConfig {
@@ -342,6 +355,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             data: args.data.clone(),
             data_dir: args.data_dir.clone(),
             data_samples: args.samples,
+            data_resize: args.resize,
             class_names,
         };
         (config, dir)
@@ -387,22 +401,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         _ => None,
     };
     let samples = samples_dir.join(format!("step-{:06}.png", summary.steps));
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": config.model.name(), "data": config.data, "steps": summary.steps,
-                "seconds": summary.seconds, "test_bits_per_dim": summary.test.bits_per_dim,
-                "test_nats": summary.test.nats, "per_pixel_baseline_bits_per_dim": baseline,
-                "run": dir.root, "samples": samples,
-            })
-        );
-    } else {
-        let baseline = baseline
-            .map(|b| format!(" (independent per-pixel model: {b:.3})"))
-            .unwrap_or_default();
-        println!(
-            "{} on {}: {} steps in {:.0} s; test {:.3} bits/dim{baseline}, {:.2} nats; samples {}; run {}",
+    let human_baseline = baseline
+        .map(|b| format!(" (independent per-pixel model: {b:.3})"))
+        .unwrap_or_default();
+    Ok(Report {
+        human: format!(
+            "{} on {}: {} steps in {:.0} s; test {:.3} bits/dim{human_baseline}, {:.2} nats; samples {}; run {}",
             config.model.name(),
             config.data,
             summary.steps,
@@ -411,9 +415,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             summary.test.nats,
             samples.display(),
             dir.root.display()
-        );
-    }
-    Ok(())
+        ),
+        json: serde_json::json!({
+            "model": config.model.name(), "data": config.data, "steps": summary.steps,
+            "seconds": summary.seconds, "test_bits_per_dim": summary.test.bits_per_dim,
+            "test_nats": summary.test.nats, "per_pixel_baseline_bits_per_dim": baseline,
+            "run": dir.root, "samples": samples,
+        }),
+    })
 }
 
 /// A progress bar on a terminal; periodic log lines otherwise.

@@ -11,7 +11,10 @@ use revflow::pictures::{grid, read_image, save_png, scatter, single};
 use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
 use revflow::{latents, FlowError, Result};
 
+use serde_json::json;
+
 use crate::train::load_data;
+use crate::Report;
 
 /// A trained run, ready for inference.
 struct Loaded {
@@ -217,11 +220,9 @@ pub struct EvalArgs {
     /// the numbers training reported.
     #[arg(long, default_value_t = revflow::training::EVAL_BATCH)]
     pub batch_size: usize,
-    #[arg(long)]
-    pub json: bool,
 }
 
-pub fn eval(args: EvalArgs) -> Result<()> {
+pub fn eval(args: EvalArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let splits = load_data(&run.config)?;
     let data = match args.split.as_str() {
@@ -256,23 +257,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
         revflow::weights::write_atomic(path, text.as_bytes())?;
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"run": args.run, "split": args.split, "samples": data.len(),
-                "bits_per_dim": e.bits_per_dim, "nats": e.nats, "dims": dims})
-        );
-    } else {
-        println!(
+    Ok(Report {
+        human: format!(
             "{} {}: {:.4} bits/dim, {:.3} nats per sample ({} samples of {dims} dimensions)",
             args.run.display(),
             args.split,
             e.bits_per_dim,
             e.nats,
             data.len()
-        );
-    }
-    Ok(())
+        ),
+        json: json!({"run": args.run, "split": args.split, "samples": data.len(),
+            "bits_per_dim": e.bits_per_dim, "nats": e.nats, "dims": dims,
+            "per_sample": args.per_sample}),
+    })
 }
 
 /// Draw samples from a trained run.
@@ -301,7 +298,7 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
-pub fn sample(args: SampleArgs) -> Result<()> {
+pub fn sample(args: SampleArgs) -> Result<Report> {
     let run = open(&args.run)?;
     run.device.seed(args.seed);
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
@@ -345,12 +342,15 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     if let Some(csv) = &args.csv {
         write_csv(csv, &points_of(x))?;
     }
-    println!(
-        "{} samples at T = {temperatures:?} in {}",
-        args.n * temperatures.len(),
-        args.out.display()
-    );
-    Ok(())
+    Ok(Report {
+        human: format!(
+            "{} samples at T = {temperatures:?} in {}",
+            args.n * temperatures.len(),
+            args.out.display()
+        ),
+        json: json!({"samples": args.n * temperatures.len(), "temperatures": temperatures,
+            "out": args.out, "csv": args.csv}),
+    })
 }
 
 /// Encode inputs to latent files.
@@ -368,7 +368,7 @@ pub struct EncodeArgs {
     pub out: PathBuf,
 }
 
-pub fn encode(args: EncodeArgs) -> Result<()> {
+pub fn encode(args: EncodeArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
     let (x, labels) = run.inputs(&args.inputs, class)?;
@@ -387,13 +387,15 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
     ]);
     latents::save(&args.out, &zs, meta)?;
     let sizes: Vec<usize> = zs.iter().map(|z| z.dims()[1]).collect();
-    println!(
-        "{} input(s) → {} ({} levels of {sizes:?} values)",
-        labels.len(),
-        args.out.display(),
-        zs.len()
-    );
-    Ok(())
+    Ok(Report {
+        human: format!(
+            "{} input(s) → {} ({} levels of {sizes:?} values)",
+            labels.len(),
+            args.out.display(),
+            zs.len()
+        ),
+        json: json!({"inputs": labels.len(), "out": args.out, "level_sizes": sizes}),
+    })
 }
 
 /// Decode a latent file.
@@ -406,7 +408,7 @@ pub struct DecodeArgs {
     pub out: PathBuf,
 }
 
-pub fn decode(args: DecodeArgs) -> Result<()> {
+pub fn decode(args: DecodeArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let (zs, meta) = latents::load(&args.latents, &run.device)?;
     let n = zs[0].dims()[0];
@@ -428,8 +430,10 @@ pub fn decode(args: DecodeArgs) -> Result<()> {
         }
         None => write_csv(&args.out, &points_of(x))?,
     }
-    println!("{n} decoded into {}", args.out.display());
-    Ok(())
+    Ok(Report {
+        human: format!("{n} decoded into {}", args.out.display()),
+        json: json!({"decoded": n, "out": args.out}),
+    })
 }
 
 /// Interpolate between two inputs.
@@ -470,7 +474,7 @@ fn strip(
     save_png(grid(&images, shape, images.len(), 4), out)
 }
 
-pub fn interpolate(args: InterpolateArgs) -> Result<()> {
+pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
     let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
@@ -483,13 +487,15 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     let steps = args.steps.max(2);
     let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
     strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
-    println!(
-        "{steps} images from {} to {} in {}",
-        args.a,
-        args.b,
-        args.out.display()
-    );
-    Ok(())
+    Ok(Report {
+        human: format!(
+            "{steps} images from {} to {} in {}",
+            args.a,
+            args.b,
+            args.out.display()
+        ),
+        json: json!({"images": steps, "a": args.a, "b": args.b, "out": args.out}),
+    })
 }
 
 /// Move an input along the direction from one class to another.
@@ -514,7 +520,7 @@ pub struct ManipulateArgs {
     pub out: PathBuf,
 }
 
-pub fn manipulate(args: ManipulateArgs) -> Result<()> {
+pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let shape = run.image_shape("manipulate")?;
     let (from, to) = (run.class(&args.from)?, run.class(&args.to)?);
@@ -552,13 +558,16 @@ pub fn manipulate(args: ManipulateArgs) -> Result<()> {
         shape,
         &args.out,
     )?;
-    println!(
-        "{} moved by α ∈ {:?} along {} → {} in {}",
-        args.input,
-        args.alphas,
-        args.from,
-        args.to,
-        args.out.display()
-    );
-    Ok(())
+    Ok(Report {
+        human: format!(
+            "{} moved by α ∈ {:?} along {} → {} in {}",
+            args.input,
+            args.alphas,
+            args.from,
+            args.to,
+            args.out.display()
+        ),
+        json: json!({"input": args.input, "alphas": args.alphas, "from": args.from,
+            "to": args.to, "out": args.out}),
+    })
 }

@@ -480,3 +480,50 @@ fn glow_realnvp_and_nice_learn_from_mnist_format_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_image_folder_of_mixed_sizes_needs_resize_and_then_trains() {
+    let dir = temp("folder");
+    for (class, size) in [("a", 8), ("a", 8), ("b", 8), ("b", 12)] {
+        let folder = dir.join("imgs").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        let n = std::fs::read_dir(&folder).unwrap().count();
+        let img = image::GrayImage::from_fn(size, size, |x, y| {
+            image::Luma([((x * 31 + y * 17) % 256) as u8])
+        });
+        img.save(folder.join(format!("{n}.png"))).unwrap();
+    }
+    fails(
+        &["train", "--data", "images:imgs", "--steps", "2"],
+        &dir,
+        "--resize",
+    );
+    let mut args = vec![
+        "train",
+        "--data",
+        "images:imgs",
+        "--resize",
+        "4x4",
+        "--steps",
+        "3",
+        "--out",
+        "run",
+        "--json",
+    ];
+    args.extend(["--levels", "1", "--depth", "1", "--hidden", "8"]);
+    let summary = json(&ok(&args, &dir));
+    assert!(summary["test_bits_per_dim"].as_f64().unwrap().is_finite());
+    // The run remembers the size: evaluation and sampling work on the same data.
+    ok(&["eval", "run"], &dir);
+    let sample = json(&ok(
+        &["sample", "run", "-n", "4", "--out", "s.png", "--json"],
+        &dir,
+    ));
+    assert_eq!(sample["samples"], 4);
+    fails(
+        &["train", "--data", "images:imgs", "--resize", "4by4"],
+        &dir,
+        "WIDTHxHEIGHT",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -224,8 +224,19 @@ pub fn catalogue() -> Vec<(&'static str, &'static str)> {
 /// points of a generated 2-D set; its test part has `samples / 4` (at least 1), generated
 /// from a different seed.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64, samples: usize) -> Result<Splits> {
+    load_resized(name, dir, seed, samples, None)
+}
+
+/// [`load`], with the images of an `images:` folder resized to `(width, height)`.
+pub fn load_resized(
+    name: &str,
+    dir: Option<&Path>,
+    seed: u64,
+    samples: usize,
+    resize: Option<(u32, u32)>,
+) -> Result<Splits> {
     if let Some(path) = name.strip_prefix("images:") {
-        let set = load_image_folder(Path::new(path), None)?;
+        let set = load_image_folder(Path::new(path), resize)?;
         let (h, w, c) = (set.height, set.width, set.channels);
         let classes = set.class_names.len();
         let splits = split(name, Data::Images(set), seed);

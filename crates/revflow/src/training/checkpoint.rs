@@ -38,6 +38,9 @@ pub struct RunConfig {
     /// Training points of a generated 2-D set.
     #[serde(default)]
     pub data_samples: usize,
+    /// `(width, height)` images of a folder were resized to.
+    #[serde(default)]
+    pub data_resize: Option<(u32, u32)>,
     /// Class names of the training data (for labels on the command line).
     pub class_names: Vec<String>,
 }

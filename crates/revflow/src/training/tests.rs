@@ -110,6 +110,7 @@ fn run_config(model: ModelConfig, train: TrainConfig, data: &str) -> RunConfig {
         data: data.to_string(),
         data_dir: None,
         data_samples: 0,
+        data_resize: None,
         class_names: Vec::new(),
     }
 }
