@@ -520,10 +520,12 @@ fn an_image_folder_of_mixed_sizes_needs_resize_and_then_trains() {
         &dir,
     ));
     assert_eq!(sample["samples"], 4);
-    fails(
+    // A malformed option is clap's usage error: exit code 2, the problem named.
+    let out = revflow(
         &["train", "--data", "images:imgs", "--resize", "4by4"],
         &dir,
-        "WIDTHxHEIGHT",
     );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected WIDTHxHEIGHT"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
