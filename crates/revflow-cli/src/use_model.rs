@@ -498,55 +498,163 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     })
 }
 
-/// Move an input along the direction from one class to another.
+/// Move an input along a direction in latent space: from one class to another, or towards
+/// an attribute listed in a CSV.
 #[derive(Args, Debug)]
 pub struct ManipulateArgs {
     pub run: PathBuf,
     /// The input (image file or test:N / train:N).
     pub input: String,
     /// Class the direction starts from (name or index).
-    #[arg(long)]
-    pub from: String,
+    #[arg(long, required_unless_present = "attributes")]
+    pub from: Option<String>,
     /// Class the direction points to (name or index).
-    #[arg(long)]
-    pub to: String,
-    /// Multiples α of the direction mean(z | to) − mean(z | from) added to the input's latent.
+    #[arg(long, required_unless_present = "attributes")]
+    pub to: Option<String>,
+    /// A CSV of image attributes instead of classes: a `file` column (paths relative to the
+    /// CSV) and one column per attribute, > 0 meaning present (CelebA's -1/1 works).
+    #[arg(long, requires = "attribute", conflicts_with_all = ["from", "to"])]
+    pub attributes: Option<PathBuf>,
+    /// The attribute column: direction = mean(z | present) − mean(z | absent).
+    #[arg(long, requires = "attributes")]
+    pub attribute: Option<String>,
+    /// Multiples α of the direction added to the input's latent.
     #[arg(long, value_delimiter = ',', default_value = "-1,-0.5,0,0.5,1,1.5")]
     pub alphas: Vec<f64>,
-    /// Training inputs per class used for the mean latents.
+    /// Inputs per group used for the mean latents.
     #[arg(long, default_value_t = 500)]
     pub per_class: usize,
     #[arg(long, default_value = "manipulation.png")]
     pub out: PathBuf,
 }
 
+/// Mean latent (every level) of a group of inputs, encoded in batches.
+fn mean_latent(run: &Loaded, x: Tensor<2>, labels: &[usize]) -> Result<Vec<Tensor<2>>> {
+    let n = x.dims()[0];
+    let mut sum: Option<Vec<Tensor<2>>> = None;
+    for start in (0..n).step_by(256) {
+        let len = 256.min(n - start);
+        let cond = run.labels(&labels[start..start + len]);
+        let zs = run
+            .model
+            .encode(x.clone().narrow(0, start, len), cond.as_ref())?;
+        let part: Vec<Tensor<2>> = zs.into_iter().map(|z| z.sum_dim(0)).collect();
+        sum = Some(match sum {
+            None => part,
+            Some(acc) => acc.into_iter().zip(part).map(|(a, b)| a + b).collect(),
+        });
+    }
+    Ok(sum
+        .expect("a non-empty group")
+        .into_iter()
+        .map(|s| s / n as f64)
+        .collect())
+}
+
+/// The two groups of an attribute column: (present, absent) image files.
+fn attribute_groups(
+    csv: &Path,
+    attribute: &str,
+    per_group: usize,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let bad = |problem: String| FlowError::Data {
+        source_name: csv.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(csv).map_err(|source| FlowError::Io {
+        path: csv.to_path_buf(),
+        source,
+    })?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let file_col = header
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("file"))
+        .unwrap_or(0);
+    let col = header.iter().position(|h| *h == attribute).ok_or_else(|| {
+        bad(format!(
+            "has no column {attribute:?}; its columns are {header:?}"
+        ))
+    })?;
+    let base = csv.parent().unwrap_or(Path::new("."));
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let value: f64 = cells
+            .get(col)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("line {}: {attribute} is not a number", i + 2)))?;
+        let file = base.join(cells.get(file_col).copied().unwrap_or_default());
+        let group = if value > 0.0 { &mut with } else { &mut without };
+        if group.len() < per_group {
+            group.push(file);
+        }
+    }
+    if with.is_empty() || without.is_empty() {
+        return Err(bad(format!(
+            "{attribute} needs images both with (> 0) and without (≤ 0) it"
+        )));
+    }
+    Ok((with, without))
+}
+
 pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let shape = run.image_shape("manipulate")?;
-    let (from, to) = (run.class(&args.from)?, run.class(&args.to)?);
-    let splits = load_data(&run.config)?;
-    let labels = match &splits.train {
-        Data::Images(s) => s.labels.clone(),
-        Data::Vectors(s) => s.labels.clone(),
-    };
-    let mean_latents = |class: usize| -> Result<Vec<Tensor<2>>> {
-        let idx: Vec<usize> = (0..labels.len())
-            .filter(|&i| labels[i] == class)
-            .take(args.per_class)
-            .collect();
-        if idx.is_empty() {
-            return Err(FlowError::Config(format!(
-                "no training inputs of class {class}"
-            )));
+    let (towards, away, what) = match (&args.attributes, &args.attribute) {
+        (Some(csv), Some(attribute)) => {
+            let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
+            let files = |paths: Vec<PathBuf>| {
+                paths
+                    .into_iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+            };
+            let (x_with, l_with) = run.inputs(&files(with), None)?;
+            let (x_without, l_without) = run.inputs(&files(without), None)?;
+            (
+                mean_latent(&run, x_with, &l_with)?,
+                mean_latent(&run, x_without, &l_without)?,
+                format!("towards {attribute}"),
+            )
         }
-        let (x, _) = rows(&splits.train, &idx, 0, &run.device);
-        let zs = run
-            .model
-            .encode(x, run.labels(&vec![class; idx.len()]).as_ref())?;
-        Ok(zs.into_iter().map(|z| z.mean_dim(0)).collect())
+        _ => {
+            let (from_name, to_name) = (
+                args.from.clone().unwrap_or_default(),
+                args.to.clone().unwrap_or_default(),
+            );
+            let (from, to) = (run.class(&from_name)?, run.class(&to_name)?);
+            let splits = load_data(&run.config)?;
+            let labels = match &splits.train {
+                Data::Images(s) => s.labels.clone(),
+                Data::Vectors(s) => s.labels.clone(),
+            };
+            let group = |class: usize| -> Result<Vec<Tensor<2>>> {
+                let idx: Vec<usize> = (0..labels.len())
+                    .filter(|&i| labels[i] == class)
+                    .take(args.per_class)
+                    .collect();
+                if idx.is_empty() {
+                    return Err(FlowError::Config(format!(
+                        "no training inputs of class {class}"
+                    )));
+                }
+                let (x, _) = rows(&splits.train, &idx, 0, &run.device);
+                mean_latent(&run, x, &vec![class; idx.len()])
+            };
+            (
+                group(to)?,
+                group(from)?,
+                format!("along {from_name} → {to_name}"),
+            )
+        }
     };
-    let (m_from, m_to) = (mean_latents(from)?, mean_latents(to)?);
-    let dir: Vec<Tensor<2>> = m_to.into_iter().zip(m_from).map(|(a, b)| a - b).collect();
+    let dir: Vec<Tensor<2>> = towards.into_iter().zip(away).map(|(a, b)| a - b).collect();
     let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
     let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
     strip(
@@ -560,14 +668,11 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     )?;
     Ok(Report {
         human: format!(
-            "{} moved by α ∈ {:?} along {} → {} in {}",
+            "{} moved by α ∈ {:?} {what} in {}",
             args.input,
             args.alphas,
-            args.from,
-            args.to,
             args.out.display()
         ),
-        json: json!({"input": args.input, "alphas": args.alphas, "from": args.from,
-            "to": args.to, "out": args.out}),
+        json: json!({"input": args.input, "alphas": args.alphas, "direction": what, "out": args.out}),
     })
 }

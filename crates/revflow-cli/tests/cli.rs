@@ -520,6 +520,50 @@ fn an_image_folder_of_mixed_sizes_needs_resize_and_then_trains() {
         &dir,
     ));
     assert_eq!(sample["samples"], 4);
+    // An attribute direction from a CSV of image files.
+    std::fs::create_dir_all(dir.join("attr")).unwrap();
+    let mut csv = String::from("file,bright\n");
+    for i in 0..4u8 {
+        image::GrayImage::from_pixel(4, 4, image::Luma([40 + 60 * i]))
+            .save(dir.join(format!("attr/{i}.png")))
+            .unwrap();
+        csv.push_str(&format!("{i}.png,{}\n", if i >= 2 { 1 } else { -1 }));
+    }
+    std::fs::write(dir.join("attr/attrs.csv"), csv).unwrap();
+    let out = ok(
+        &[
+            "manipulate",
+            "run",
+            "attr/0.png",
+            "--attributes",
+            "attr/attrs.csv",
+            "--attribute",
+            "bright",
+            "--alphas",
+            "0,1",
+            "--out",
+            "m.png",
+        ],
+        &dir,
+    );
+    assert!(out.contains("towards bright"), "{out}");
+    assert_eq!(
+        image::image_dimensions(dir.join("m.png")).unwrap(),
+        (2 * 17 + 1, 17 + 1)
+    );
+    fails(
+        &[
+            "manipulate",
+            "run",
+            "attr/0.png",
+            "--attributes",
+            "attr/attrs.csv",
+            "--attribute",
+            "dark",
+        ],
+        &dir,
+        "has no column \"dark\"",
+    );
     // A malformed option is clap's usage error: exit code 2, the problem named.
     let out = revflow(
         &["train", "--data", "images:imgs", "--resize", "4by4"],
