@@ -56,6 +56,71 @@ enum Command {
     },
     /// List the invertible layers revflow provides, with their log-determinants.
     Layers,
+    /// Time Glow's training step, likelihood evaluation and sampling (see bench/ for the
+    /// side-by-side comparison with PyTorch).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Configurations: digits (8×8×1), mnist (28×28×1), cifar (32×32×3).
+    #[arg(long, value_delimiter = ',', default_value = "digits,mnist,cifar")]
+    configs: Vec<String>,
+    /// Timed repetitions of each operation (after 2 warm-ups); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Batch size (default: 64 digits, 32 mnist, 16 cifar).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Instead of timing, write the first configuration's model, a batch and its log-likelihood
+    /// into this folder for bench/reference.py to check.
+    #[arg(long)]
+    export: Option<std::path::PathBuf>,
+}
+
+fn bench(args: BenchArgs) -> Result<Report, FlowError> {
+    let presets = revflow::bench::presets();
+    let mut chosen = Vec::new();
+    for name in &args.configs {
+        let mut config = presets
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                FlowError::Config(format!(
+                    "unknown bench configuration {name:?}: use digits, mnist or cifar"
+                ))
+            })?;
+        config.batch = args.batch.unwrap_or(config.batch);
+        chosen.push(config);
+    }
+    if let Some(dir) = &args.export {
+        let config = chosen
+            .first()
+            .ok_or_else(|| FlowError::Config("no configuration".into()))?;
+        revflow::bench::export(config, dir)?;
+        return Ok(Report {
+            human: format!("{} exported to {}", config.name, dir.display()),
+            json: serde_json::json!({"config": config.name, "dir": dir}),
+        });
+    }
+    let mut rows = Vec::new();
+    let mut lines = vec![format!(
+        "{:<8} {:>5} {:>10} {:>10} {:>10} {:>9}",
+        "config", "batch", "train ms", "eval ms", "sample ms", "peak MiB"
+    )];
+    for config in &chosen {
+        let t = revflow::bench::run(config, args.iters)?;
+        lines.push(format!(
+            "{:<8} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
+            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.peak_rss_mb
+        ));
+        rows.push(t);
+    }
+    Ok(Report {
+        human: lines.join("\n"),
+        json: serde_json::json!(rows),
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +218,7 @@ fn run(command: Command) -> Result<Report, FlowError> {
                 json: serde_json::json!({"data": name, "dir": dir}),
             })
         }
+        Command::Bench(args) => bench(args),
         Command::Layers => Ok(Report {
             human: LAYERS
                 .iter()

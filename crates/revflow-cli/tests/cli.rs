@@ -573,3 +573,55 @@ fn an_image_folder_of_mixed_sizes_needs_resize_and_then_trains() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected WIDTHxHEIGHT"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Python with PyTorch: bench/.venv (made by bench/setup.sh), else the system one.
+fn python_with_torch() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join("bench/.venv/bin/python");
+    [venv, PathBuf::from("python3")].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import torch, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn pytorch_reference_reproduces_the_log_likelihood() {
+    let Some(python) = python_with_torch() else {
+        eprintln!("SKIPPED pytorch_reference_reproduces_the_log_likelihood: PyTorch is not installed (run bench/setup.sh)");
+        return;
+    };
+    let dir = temp("reference");
+    ok(
+        &[
+            "bench",
+            "--configs",
+            "digits",
+            "--batch",
+            "8",
+            "--export",
+            "export",
+        ],
+        &dir,
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/reference.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg("check")
+        .arg(dir.join("export"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = json(&stdout);
+    assert!(
+        check["max_rel_diff_f32"].as_f64().unwrap() <= 1e-4,
+        "{check}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

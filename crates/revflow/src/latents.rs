@@ -12,20 +12,31 @@ use crate::weights::write_atomic;
 
 /// Writes the latents of a batch, one `(N, dᵢ)` tensor per level, with `metadata`.
 pub fn save(path: &Path, levels: &[Tensor<2>], metadata: HashMap<String, String>) -> Result<()> {
-    let data: Vec<(String, Vec<u8>, Vec<usize>)> = levels
+    let named: Vec<(String, Tensor<2>)> = levels
         .iter()
         .enumerate()
-        .map(|(i, z)| {
-            let values = z.to_data().try_to_vec_as::<f32>().expect("float latents");
+        .map(|(i, z)| (format!("z{i}"), z.clone()))
+        .collect();
+    save_named(path, &named, metadata)
+}
+
+/// Writes named f32 matrices as safetensors, atomically.
+pub fn save_named<S: AsRef<str>>(
+    path: &Path,
+    tensors: &[(S, Tensor<2>)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, z)| {
+            let values = z.to_data().try_to_vec_as::<f32>().expect("float tensor");
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (format!("z{i}"), bytes, z.dims().to_vec())
+            (name.as_ref().to_string(), bytes, z.dims().to_vec())
         })
         .collect();
     let views = data.iter().map(|(name, bytes, shape)| {
-        (
-            name.clone(),
-            TensorView::new(Dtype::F32, shape.clone(), bytes).expect("consistent view"),
-        )
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).expect("consistent view");
+        (name.clone(), view)
     });
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| FlowError::Io {
         path: path.to_path_buf(),

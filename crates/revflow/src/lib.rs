@@ -17,6 +17,7 @@
 //! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
 //! - [`weights`]: saving and loading parameters as safetensors.
 
+pub mod bench;
 pub mod data;
 pub mod distributions;
 pub mod error;
