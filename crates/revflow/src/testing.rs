@@ -1,11 +1,10 @@
 //! Test helpers: the independent checks every layer must pass.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::flow::{Cond, Flow};
 use crate::linalg::Lu;
-use crate::rng::Rng;
 
 pub fn device() -> Device {
     Device::flex()
@@ -41,25 +40,9 @@ pub fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Tensor<2> {
 /// from initial values that are often the identity. Fixed parameters (LU's permutation,
 /// ActNorm's flag) stay as they are.
 pub fn perturb<M: Module>(module: M, std: f64, seed: u64) -> M {
-    struct Noise(Rng, f64);
-    impl ModuleMapper for Noise {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let (rng, std) = (&mut self.0, self.1);
-            param.map(|t| {
-                if !t.is_require_grad() {
-                    return t;
-                }
-                let dims = t.dims();
-                let noise: Vec<f32> = (0..t.shape().num_elements())
-                    .map(|_| rng.normal() as f32)
-                    .collect();
-                let noise = Tensor::<D>::from_data(TensorData::new(noise, dims), &t.device());
-                (t.detach() + noise * std).detach().require_grad()
-            })
-        }
-    }
     let was_autodiff = module.devices().first().is_some_and(|d| d.is_autodiff());
-    let mapped = module.train().map(&mut Noise(Rng::new(seed), std));
+    // On the autodiff device trainable parameters are the ones that require gradients.
+    let mapped = crate::bench::jitter(module.train(), std, seed);
     if was_autodiff {
         mapped
     } else {
