@@ -157,20 +157,21 @@ pub struct ConvNet {
     pub classes: usize,
 }
 
-impl ConvNet {
-    /// Runs the network; `init` also initialises both ActNorms from this batch.
-    fn run(self, x: Tensor<4>, cond: Cond, init: bool) -> Result<(Self, Tensor<4>)> {
-        let step = |norm: ActNorm, h: Tensor<4>| -> Result<(ActNorm, Tensor<4>)> {
-            if init {
-                norm.data_init(h, None)
-            } else {
-                norm.forward(h, None).map(|(y, _)| (norm, y))
-            }
-        };
+impl Conditioner<4> for ConvNet {
+    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
         let h = self.conv1.forward(with_cond(x, cond, self.classes)?);
-        let (norm1, h) = step(self.norm1, h)?;
+        let (h, _) = self.norm1.forward(h, None)?;
         let h = self.conv2.forward(relu(h));
-        let (norm2, h) = step(self.norm2, h)?;
+        let (h, _) = self.norm2.forward(h, None)?;
+        Ok(self.out.forward(relu(h)))
+    }
+
+    /// The same path, initialising each ActNorm from the batch as it passes.
+    fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {
+        let h = self.conv1.forward(with_cond(x, cond, self.classes)?);
+        let (norm1, h) = self.norm1.data_init(h, None)?;
+        let h = self.conv2.forward(relu(h));
+        let (norm2, h) = self.norm2.data_init(h, None)?;
         let y = self.out.forward(relu(h));
         Ok((
             ConvNet {
@@ -180,16 +181,6 @@ impl ConvNet {
             },
             y,
         ))
-    }
-}
-
-impl Conditioner<4> for ConvNet {
-    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
-        self.clone().run(x, cond, false).map(|(_, y)| y)
-    }
-
-    fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {
-        self.run(x, cond, true)
     }
 }
 
