@@ -238,6 +238,18 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Test bits/dim of `config`'s data-initialised model, before any step: a run of 0 steps.
+fn untrained_bits_per_dim(config: &RunConfig, data: &Splits, dir: &RunDir) -> f64 {
+    let start = RunConfig {
+        train: TrainConfig {
+            steps: 0,
+            ..config.train.clone()
+        },
+        ..config.clone()
+    };
+    train(start, data, dir, false).unwrap().test.bits_per_dim
+}
+
 // ---------------------------------------------------------------------------------------
 // Learning
 
@@ -259,24 +271,8 @@ fn glow_on_digits_lowers_test_bits_per_dim() {
         },
         "digits",
     );
-    // Bits/dim of the data-initialised model, before any step: a run of 0 steps.
     let started = Instant::now();
-    let before = train(
-        run_config(
-            config.model.clone(),
-            TrainConfig {
-                steps: 0,
-                ..config.train.clone()
-            },
-            "digits",
-        ),
-        &data,
-        &tmp.dir("start"),
-        false,
-    )
-    .unwrap()
-    .test
-    .bits_per_dim;
+    let before = untrained_bits_per_dim(&config, &data, &tmp.dir("start"));
     let summary = train(config, &data, &dir, false).unwrap();
     let after = summary.test.bits_per_dim;
     let (Data::Images(tr), Data::Images(te)) = (&data.train, &data.test) else {
@@ -321,22 +317,7 @@ fn vector_flow_on_moons_lowers_the_loss() {
         "moons",
     );
     let started = Instant::now();
-    let before = train(
-        run_config(
-            config.model.clone(),
-            TrainConfig {
-                steps: 0,
-                ..config.train.clone()
-            },
-            "moons",
-        ),
-        &data,
-        &tmp.dir("start"),
-        false,
-    )
-    .unwrap()
-    .test
-    .bits_per_dim;
+    let before = untrained_bits_per_dim(&config, &data, &tmp.dir("start"));
     let after = train(config, &data, &dir, false).unwrap().test.bits_per_dim;
     let l = losses(&dir);
     let (first, last) = (
