@@ -39,6 +39,15 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// Every value of `key` in a run's metrics.jsonl, in order.
+fn metric(run: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| json(l)[key].as_f64())
+        .collect()
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.lines().last().unwrap()).expect("one JSON object")
 }
@@ -256,11 +265,7 @@ fn vector_flow_on_moons_lowers_its_loss_and_samples_a_scatter() {
         &dir,
     );
     assert_eq!(json(&out)["model"], "vector");
-    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
-    let tests: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| json(l)["test_bits_per_dim"].as_f64())
-        .collect();
+    let tests = metric(&dir.join("run"), "test_bits_per_dim");
     assert_eq!(tests.len(), 3);
     assert!(tests[2] < tests[0] - 0.1, "test bits/dim {tests:?}");
     ok(
@@ -307,14 +312,10 @@ fn resume_continues_the_same_loss_curve() {
     first.extend(TINY_GLOW);
     ok(&first, &dir);
     ok(&["train", "--resume", "--out", "b", "--steps", "30"], &dir);
-    let losses = |run: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| json(l)["loss"].as_f64())
-            .collect()
-    };
-    let (a, b) = (losses("a"), losses("b"));
+    let (a, b) = (
+        metric(&dir.join("a"), "loss"),
+        metric(&dir.join("b"), "loss"),
+    );
     assert_eq!(a.len(), 30);
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -459,15 +460,8 @@ fn glow_realnvp_and_nice_learn_from_mnist_format_files() {
         args.extend(common);
         args.extend(*model);
         ok(&args, &dir);
-        let metrics = std::fs::read_to_string(dir.join(&out).join("metrics.jsonl")).unwrap();
-        let steps: Vec<f64> = metrics
-            .lines()
-            .filter_map(|l| json(l)["bits_per_dim"].as_f64())
-            .collect();
-        let tests: Vec<f64> = metrics
-            .lines()
-            .filter_map(|l| json(l)["test_bits_per_dim"].as_f64())
-            .collect();
+        let steps = metric(&dir.join(&out), "bits_per_dim");
+        let tests = metric(&dir.join(&out), "test_bits_per_dim");
         let (first, last) = (steps[0], tests[tests.len() - 1]);
         assert!(
             last < first - 0.5,
