@@ -1,6 +1,7 @@
 //! `revflow`: the command line over the revflow library. Library errors arrive typed and
 //! leave here as one line on stderr with exit code 2.
 
+mod figures;
 mod train;
 mod use_model;
 
@@ -56,6 +57,9 @@ enum Command {
     },
     /// List the invertible layers revflow provides, with their log-determinants.
     Layers,
+    /// Draw the figures that show how flows work (change of variables, log-det, 2-D flows,
+    /// coupling animation, image latents), computed from models trained on the spot.
+    Figures(figures::FiguresArgs),
     /// Time Glow's training step, likelihood evaluation and sampling (see bench/ for the
     /// side-by-side comparison with PyTorch).
     Bench(BenchArgs),
@@ -219,6 +223,7 @@ fn run(command: Command) -> Result<Report, FlowError> {
             })
         }
         Command::Bench(args) => bench(args),
+        Command::Figures(args) => figures::run(args),
         Command::Layers => Ok(Report {
             human: LAYERS
                 .iter()

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use revflow::burn::tensor::{Device, Tensor, TensorData};
 use revflow::data::{Data, Splits};
+use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
 use revflow::pictures::{grid, read_image, save_png, scatter, single};
 use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
-use revflow::{latents, FlowError, Result};
+use revflow::{FlowError, Result};
 
 use serde_json::json;
 
@@ -133,18 +134,6 @@ impl Loaded {
     }
 }
 
-fn pixels_of(x: Tensor<2>) -> Vec<Vec<u8>> {
-    let d = x.dims()[1];
-    let v = x.into_data().try_to_vec_as::<f32>().expect("floats");
-    v.chunks(d)
-        .map(|row| {
-            row.iter()
-                .map(|p| p.round().clamp(0.0, 255.0) as u8)
-                .collect()
-        })
-        .collect()
-}
-
 fn points_of(x: Tensor<2>) -> Vec<Vec<f32>> {
     let d = x.dims()[1];
     x.into_data()
@@ -191,7 +180,7 @@ pub fn draw_samples(
     let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, &device));
     let x = model.sample(n, temperature, cond.as_ref(), &device)?;
     let picture = match config.model.image_shape() {
-        Some(shape) => grid(&pixels_of(x), shape, 8, 4),
+        Some(shape) => grid(&pixels(x), shape, 8, 4),
         None => {
             let reference: Vec<[f32; 2]> = match test {
                 Data::Vectors(s) => (0..s.len()).map(|i| [s.row(i)[0], s.row(i)[1]]).collect(),
@@ -328,7 +317,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             } else {
                 (args.n as f64).sqrt().ceil() as usize
             };
-            grid(&pixels_of(x.clone()), shape, cols, 4)
+            grid(&pixels(x.clone()), shape, cols, 4)
         }
         None => {
             let pts: Vec<[f32; 2]> = points_of(x.clone())
@@ -424,7 +413,7 @@ pub fn decode(args: DecodeArgs) -> Result<Report> {
                 path: args.out.clone(),
                 source,
             })?;
-            for (i, img) in pixels_of(x).iter().enumerate() {
+            for (i, img) in pixels(x).iter().enumerate() {
                 save_png(single(img, shape), &args.out.join(format!("{i}.png")))?;
             }
         }
@@ -461,17 +450,8 @@ fn strip(
     shape: [usize; 3],
     out: &Path,
 ) -> Result<()> {
-    let mut images = Vec::with_capacity(ts.len());
-    for &t in ts {
-        let z: Vec<Tensor<2>> = zs
-            .iter()
-            .zip(dir)
-            .map(|(z, d)| z.clone() + d.clone() * t)
-            .collect();
-        let x = run.model.decode(&z, run.labels(&[label]).as_ref())?;
-        images.extend(pixels_of(x));
-    }
-    save_png(grid(&images, shape, images.len(), 4), out)
+    let x = walk(&run.model, zs, dir, ts, run.labels(&[label]).as_ref())?;
+    save_png(grid(&pixels(x), shape, ts.len(), 4), out)
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
@@ -528,27 +508,9 @@ pub struct ManipulateArgs {
     pub out: PathBuf,
 }
 
-/// Mean latent (every level) of a group of inputs, encoded in batches.
+/// Mean latent (every level) of a group of inputs.
 fn mean_latent(run: &Loaded, x: Tensor<2>, labels: &[usize]) -> Result<Vec<Tensor<2>>> {
-    let n = x.dims()[0];
-    let mut sum: Option<Vec<Tensor<2>>> = None;
-    for start in (0..n).step_by(256) {
-        let len = 256.min(n - start);
-        let cond = run.labels(&labels[start..start + len]);
-        let zs = run
-            .model
-            .encode(x.clone().narrow(0, start, len), cond.as_ref())?;
-        let part: Vec<Tensor<2>> = zs.into_iter().map(|z| z.sum_dim(0)).collect();
-        sum = Some(match sum {
-            None => part,
-            Some(acc) => acc.into_iter().zip(part).map(|(a, b)| a + b).collect(),
-        });
-    }
-    Ok(sum
-        .expect("a non-empty group")
-        .into_iter()
-        .map(|s| s / n as f64)
-        .collect())
+    latents::mean(&run.model, x, run.labels(labels).as_ref())
 }
 
 /// The two groups of an attribute column: (present, absent) image files.

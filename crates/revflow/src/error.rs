@@ -35,6 +35,9 @@ pub enum FlowError {
     /// Training cannot go on (non-finite loss, a run directory in an unexpected state).
     #[error("{0}")]
     Training(String),
+    /// A chart or animation that could not be drawn.
+    #[error("{0}")]
+    Picture(String),
     /// Input/output failure on a path.
     #[error("{path}: {source}")]
     Io {

@@ -8,6 +8,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{FlowError, Result};
+use crate::flow::Cond;
+use crate::models::Model;
 use crate::weights::write_atomic;
 
 /// Writes the latents of a batch, one `(N, dᵢ)` tensor per level, with `metadata`.
@@ -76,6 +78,68 @@ pub fn load(path: &Path, device: &Device) -> Result<(Vec<Tensor<2>>, HashMap<Str
         return Err(bad("holds no latent levels (z0, z1, …)".into()));
     }
     Ok((levels, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Mean latent (every level) of a group of inputs, encoded in batches of 256; `cond` holds
+/// their one-hot labels for class-conditional models.
+pub fn mean(model: &Model, x: Tensor<2>, cond: Option<&Tensor<2>>) -> Result<Vec<Tensor<2>>> {
+    let n = x.dims()[0];
+    if n == 0 {
+        return Err(FlowError::Config(
+            "a mean latent needs at least one input".into(),
+        ));
+    }
+    let mut sum: Option<Vec<Tensor<2>>> = None;
+    for start in (0..n).step_by(256) {
+        let len = 256.min(n - start);
+        let part_cond = cond.map(|c| c.clone().narrow(0, start, len));
+        let zs = model.encode(x.clone().narrow(0, start, len), part_cond.as_ref())?;
+        let part: Vec<Tensor<2>> = zs.into_iter().map(|z| z.sum_dim(0)).collect();
+        sum = Some(match sum {
+            None => part,
+            Some(acc) => acc.into_iter().zip(part).map(|(a, b)| a + b).collect(),
+        });
+    }
+    Ok(sum
+        .expect("n > 0")
+        .into_iter()
+        .map(|s| s / n as f64)
+        .collect())
+}
+
+/// Decodes `zs + t·dir` for every `t` (one input's latents, every level): interpolation when
+/// `dir` is the difference to a second input's latents, manipulation when it is an attribute
+/// direction. Rows in the order of `ts`.
+pub fn walk(
+    model: &Model,
+    zs: &[Tensor<2>],
+    dir: &[Tensor<2>],
+    ts: &[f64],
+    cond: Cond,
+) -> Result<Tensor<2>> {
+    let mut rows = Vec::with_capacity(ts.len());
+    for &t in ts {
+        let z: Vec<Tensor<2>> = zs
+            .iter()
+            .zip(dir)
+            .map(|(z, d)| z.clone() + d.clone() * t)
+            .collect();
+        rows.push(model.decode(&z, cond)?);
+    }
+    Ok(Tensor::cat(rows, 0))
+}
+
+/// Decoded images `(N, C·H·W)` as 8-bit pixels, one vector per image.
+pub fn pixels(x: Tensor<2>) -> Vec<Vec<u8>> {
+    let d = x.dims()[1];
+    let v = x.into_data().try_to_vec_as::<f32>().expect("f32 values");
+    v.chunks(d.max(1))
+        .map(|row| {
+            row.iter()
+                .map(|p| p.round().clamp(0.0, 255.0) as u8)
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

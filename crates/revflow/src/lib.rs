@@ -21,6 +21,7 @@ pub mod bench;
 pub mod data;
 pub mod distributions;
 pub mod error;
+pub mod figures;
 pub mod flow;
 pub mod latents;
 pub mod layers;

@@ -173,7 +173,7 @@ pub struct Splits {
 }
 
 /// The built-in generated 2-D sets, in catalogue order.
-const TOY_SETS: [&str; 8] = [
+pub const TOY_SETS: [&str; 8] = [
     "moons",
     "circles",
     "8gaussians",

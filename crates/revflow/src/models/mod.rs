@@ -260,6 +260,16 @@ impl Model {
         each!(self, m => m.decode(zs, cond))
     }
 
+    /// Decodes from the top latent alone, the lower levels drawn from their priors at
+    /// `temperature` (0: their means). A flat flow has one level: the plain inverse.
+    pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
+        match self {
+            Model::Glow(m) => m.decode_top(top, temperature, cond),
+            Model::Realnvp(m) => m.decode_top(top, temperature, cond),
+            Model::Flat(m) => m.decode(std::slice::from_ref(top), cond),
+        }
+    }
+
     /// `n` samples at `temperature`.
     pub fn sample(
         &self,

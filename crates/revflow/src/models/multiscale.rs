@@ -304,6 +304,26 @@ impl<N: Conditioner<4>> MultiScale<N> {
         self.descend(top, levels.into_iter().map(Some).collect(), 1.0, cond)
     }
 
+    /// Decodes from the top latent alone, drawing every lower level from its prior given the
+    /// levels above at `temperature` (0: the prior's mean): what the top level holds by itself.
+    pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
+        let [c, h, w] = *self.latent_shapes().last().expect("a top level");
+        let [n, d] = top.dims();
+        if d != c * h * w {
+            return Err(FlowError::shape(
+                "decode",
+                format!("a top latent of {c}×{h}×{w}"),
+                format!("{d} values"),
+            ));
+        }
+        self.descend(
+            top.clone().reshape([n, c, h, w]),
+            Vec::new(),
+            temperature,
+            cond,
+        )
+    }
+
     pub fn sample(
         &self,
         n: usize,

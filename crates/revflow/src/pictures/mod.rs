@@ -1,5 +1,7 @@
 //! Pictures people look at instead of numbers: image grids and strips, and scatter plots of
-//! 2-D samples. Written as PNG, atomically.
+//! 2-D samples, and charts ([`plot`]). Written as PNG, atomically.
+
+pub mod plot;
 
 use std::path::Path;
 

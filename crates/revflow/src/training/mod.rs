@@ -291,7 +291,7 @@ impl Run<'_> {
 /// - every float parameter gets an id that depends only on its place in the model: Adam's saved
 ///   moments are keyed by parameter id, and a freshly built model draws new random ids, so a
 ///   resumed run would otherwise restart Adam from zero moments and leave its loss curve.
-fn for_training(model: Model) -> Model {
+pub(crate) fn for_training(model: Model) -> Model {
     struct Ids(u64);
     impl ModuleMapper for Ids {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
