@@ -18,6 +18,7 @@
 //! - [`weights`]: saving and loading parameters as safetensors.
 
 pub mod bench;
+pub mod conv;
 pub mod data;
 pub mod distributions;
 pub mod error;

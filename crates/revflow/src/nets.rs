@@ -4,6 +4,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use crate::conv::conv_same;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -58,6 +60,16 @@ fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Con
         .init(device)
 }
 
+/// `conv` applied through [`conv_same`]: same parameters, faster gradients.
+fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, c_in, k, _] = conv.weight.dims();
+    if k == 1 || c_in <= 16 {
+        conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
+    } else {
+        conv.forward(x)
+    }
+}
+
 /// Zero-initialised 3×3 convolution with a learned output scale `exp(3·log_s)`
 /// (Glow's `conv2d_zeros`): the coupling starts as the identity yet can grow quickly.
 #[derive(Module, Debug)]
@@ -80,7 +92,7 @@ impl ZeroConv2d {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let c = self.log_scale.dims()[0];
-        self.conv.forward(x) * (self.log_scale.val() * 3.0).exp().reshape([1, c, 1, 1])
+        apply(&self.conv, x) * (self.log_scale.val() * 3.0).exp().reshape([1, c, 1, 1])
     }
 }
 
@@ -159,18 +171,18 @@ pub struct ConvNet {
 
 impl Conditioner<4> for ConvNet {
     fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
-        let h = self.conv1.forward(with_cond(x, cond, self.classes)?);
+        let h = apply(&self.conv1, with_cond(x, cond, self.classes)?);
         let (h, _) = self.norm1.forward(h, None)?;
-        let h = self.conv2.forward(relu(h));
+        let h = apply(&self.conv2, relu(h));
         let (h, _) = self.norm2.forward(h, None)?;
         Ok(self.out.forward(relu(h)))
     }
 
     /// The same path, initialising each ActNorm from the batch as it passes.
     fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {
-        let h = self.conv1.forward(with_cond(x, cond, self.classes)?);
+        let h = apply(&self.conv1, with_cond(x, cond, self.classes)?);
         let (norm1, h) = self.norm1.data_init(h, None)?;
-        let h = self.conv2.forward(relu(h));
+        let h = apply(&self.conv2, relu(h));
         let (norm2, h) = self.norm2.data_init(h, None)?;
         let y = self.out.forward(relu(h));
         Ok((
@@ -237,9 +249,9 @@ pub struct ResNet {
 
 impl Conditioner<4> for ResNet {
     fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
-        let mut h = self.input.forward(with_cond(x, cond, self.classes)?);
+        let mut h = apply(&self.input, with_cond(x, cond, self.classes)?);
         for [a, b] in &self.blocks {
-            h = h.clone() + b.forward(relu(a.forward(relu(h))));
+            h = h.clone() + apply(b, relu(apply(a, relu(h))));
         }
         Ok(self.out.forward(relu(h)))
     }

@@ -88,14 +88,14 @@ struct Scene {
 impl Scene {
     fn frame(&self, points: &[[f64; 2]], heading: &str, what: &str) -> Result<RgbImage> {
         let h = self.half;
-        plot::draw(560, 600, |root| {
+        plot::draw(440, 480, |root| {
             let (top, body) = root.split_vertically(62);
             top.draw(&Text::new(
                 heading,
                 (14, 8),
-                (FONT, 20).into_font().style(FontStyle::Bold),
+                (FONT, 17).into_font().style(FontStyle::Bold),
             ))?;
-            top.draw(&Text::new(what, (14, 36), (FONT, 15)))?;
+            top.draw(&Text::new(what, (14, 34), (FONT, 13)))?;
             let mut chart = ChartBuilder::on(&body)
                 .margin(12)
                 .x_label_area_size(30)
@@ -104,7 +104,7 @@ impl Scene {
             chart
                 .configure_mesh()
                 .label_style((FONT, 12))
-                .light_line_style(RGBColor(235, 235, 235))
+                .light_line_style(WHITE)
                 .draw()?;
             chart.draw_series(
                 points
@@ -120,7 +120,7 @@ impl Scene {
 pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Made> {
     let toy = trained_toy(SNAKE, options, progress)?;
     let device = Device::flex();
-    let data: Vec<[f64; 2]> = points(&toy.data.test).into_iter().take(1500).collect();
+    let data: Vec<[f64; 2]> = points(&toy.data.test).into_iter().take(1000).collect();
     let layers = &toy.model.flow.layers;
 
     // Forward, one layer at a time, then back through the inverses.
@@ -166,13 +166,17 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
         half: extent[(extent.len() as f64 * 0.995) as usize] * 1.1,
         colours: data
             .iter()
-            .map(|p| plot::viridis((p[0].hypot(p[1]) / 4.0).min(1.0) * 0.9))
+            .map(|p| {
+                // Eight bands of colour: as easy to follow, and a GIF a third the size.
+                let band = (p[0].hypot(p[1]) / 4.0 * 8.0).floor().min(7.0);
+                plot::viridis(band / 7.0 * 0.9)
+            })
             .collect(),
     };
 
     progress("drawing the animation");
     let steps = layers.len();
-    let between = 6;
+    let between = 4;
     let mut frames: Vec<(RgbImage, u32)> = Vec::new();
     frames.push((
         scene.frame(

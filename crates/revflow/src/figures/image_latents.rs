@@ -17,7 +17,7 @@ use crate::pictures::{grid, save_png};
 use crate::training::{one_hot, rows, Run, RunConfig, RunDir, TrainConfig};
 
 /// Magnification of the images in the figures.
-const SCALE: usize = 4;
+const SCALE: usize = 6;
 
 /// The image model: the run given, or a Glow trained on the digits into `OUT/runs/digits-glow`
 /// (reused when a finished run with the same settings is there).

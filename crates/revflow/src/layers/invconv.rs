@@ -8,10 +8,9 @@
 //!   strictly upper, so log|det W| = Σ log_s costs O(C).
 
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::conv::conv_same;
 use crate::error::Result;
 use crate::flow::{check_channels, positions, rank, to_f64, Cond, Flow};
 use crate::linalg::{random_rotation, Lu};
@@ -77,13 +76,7 @@ fn matrix(values: &[f64], n: usize, device: &Device) -> Tensor<2> {
 fn mix<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     let c = w.dims()[0];
     if D == 4 {
-        let y = conv2d(
-            rank::<D, 4>(x),
-            w.reshape([c, c, 1, 1]),
-            None,
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        );
-        rank::<4, D>(y)
+        rank::<4, D>(conv_same(rank::<D, 4>(x), w.reshape([c, c, 1, 1]), None))
     } else {
         rank::<2, D>(rank::<D, 2>(x).matmul(w.transpose()))
     }

@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn histogram_densities_integrate_to_the_fraction_inside() {
-        let values: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
+        let values: Vec<f64> = (0..1000).map(|i| (i as f64 + 0.5) / 1000.0).collect();
         let bins = histogram(&values, 0.0, 0.5, 10);
         let mass: f64 = bins.iter().map(|(l, r, d)| (r - l) * d).sum();
         assert!((mass - 0.5).abs() < 1e-9, "{mass}");
