@@ -65,7 +65,10 @@ pub fn run(args: FiguresArgs) -> Result<Report, FlowError> {
         let numbers: Vec<String> = made
             .numbers
             .iter()
-            .map(|(name, value)| format!("{name} = {value:.4}"))
+            .map(|(name, value)| match value.abs() {
+                v if v != 0.0 && v < 1e-3 => format!("{name} = {value:.2e}"),
+                _ => format!("{name} = {value:.4}"),
+            })
             .collect();
         for file in &made.files {
             lines.push(format!("{}", file.display()));

@@ -106,7 +106,7 @@ pub struct TrainArgs {
     /// Glow / vector: coupling type.
     #[arg(long, value_enum)]
     pub coupling: Option<CouplingArg>,
-    /// Glow: how channels are mixed between couplings.
+    /// Glow / vector: how features are mixed between couplings (reverse: NICE's swap).
     #[arg(long, value_enum)]
     pub permutation: Option<PermutationArg>,
     /// Glow: use a fixed N(0, I) top prior instead of a learned one.
@@ -188,13 +188,7 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
                 depth: args.depth.unwrap_or(d.depth),
                 hidden: args.hidden.unwrap_or(d.hidden),
                 affine: affine.unwrap_or(d.affine),
-                permutation: match args.permutation {
-                    None => d.permutation,
-                    Some(PermutationArg::Reverse) => Permutation::Reverse,
-                    Some(PermutationArg::Shuffle) => Permutation::Shuffle,
-                    Some(PermutationArg::Invconv) => Permutation::Invconv,
-                    Some(PermutationArg::InvconvLu) => Permutation::InvconvLu,
-                },
+                permutation: permutation(args.permutation, d.permutation),
                 learn_top: !args.no_learn_top,
                 classes,
                 class_weight: args.class_weight.unwrap_or(d.class_weight),
@@ -238,11 +232,22 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
                 hidden: args.hidden.unwrap_or(d.hidden),
                 layers: args.layers.unwrap_or(d.layers),
                 affine: affine.unwrap_or(d.affine),
+                permutation: permutation(args.permutation, d.permutation),
                 classes,
                 seed: args.seed,
             })
         }
     })
+}
+
+fn permutation(arg: Option<PermutationArg>, default: Permutation) -> Permutation {
+    match arg {
+        None => default,
+        Some(PermutationArg::Reverse) => Permutation::Reverse,
+        Some(PermutationArg::Shuffle) => Permutation::Shuffle,
+        Some(PermutationArg::Invconv) => Permutation::Invconv,
+        Some(PermutationArg::InvconvLu) => Permutation::InvconvLu,
+    }
 }
 
 /// Glow on the 8×8 digits (1497 training images) overfits within a few hundred steps, and

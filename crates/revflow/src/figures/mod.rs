@@ -172,10 +172,21 @@ const TOY_SAMPLES: usize = 8000;
 /// settings is there, trained into it otherwise (so the figures can be redrawn quickly, and
 /// the runs used with `revflow sample` and friends).
 fn trained_toy(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Toy> {
+    trained_flow(set, set, VectorFlowConfig::default(), options, progress)
+}
+
+/// [`trained_toy`] with another flow, kept in `OUT/runs/NAME`.
+fn trained_flow(
+    set: &str,
+    name: &str,
+    flow: VectorFlowConfig,
+    options: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Toy> {
     let config = RunConfig {
         model: ModelConfig::Vector(VectorFlowConfig {
             seed: options.seed,
-            ..VectorFlowConfig::default()
+            ..flow
         }),
         train: TrainConfig {
             steps: options.steps,
@@ -193,7 +204,7 @@ fn trained_toy(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> 
         class_names: Vec::new(),
     };
     let data = data::load(set, None, options.seed, TOY_SAMPLES)?;
-    let dir = RunDir::new(&options.out.join("runs").join(set));
+    let dir = RunDir::new(&options.out.join("runs").join(name));
     let finished = dir.read_config().ok().as_ref() == Some(&config)
         && dir.load_state().is_ok_and(|s| s.step == options.steps);
     let device = Device::flex();

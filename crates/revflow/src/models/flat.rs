@@ -9,11 +9,11 @@ use crate::distributions::{BaseDistribution, GaussianConfig, Logistic, Prior};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
-    ActNormConfig, CouplingConfig, CouplingKind, Dequantize, DiagScale, InvConvConfig, Layer, Mask,
+    ActNormConfig, CouplingConfig, CouplingKind, Dequantize, DiagScale, Layer, Mask,
 };
 use crate::nets::{Mlp, MlpConfig};
 
-use super::{NiceConfig, VectorFlowConfig};
+use super::{NiceConfig, Permutation, VectorFlowConfig};
 
 #[derive(Module, Debug)]
 pub struct FlatFlow {
@@ -172,14 +172,17 @@ pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
     let mut layers = Vec::with_capacity(3 * config.steps);
     for k in 0..config.steps {
         layers.push(ActNormConfig::new(dims).init(device).into());
-        layers.push(
-            InvConvConfig::new(dims, config.seed.wrapping_add(k as u64))
-                .init(device)
-                .into(),
+        let seed = config.seed.wrapping_add(k as u64);
+        layers.push(config.permutation.layer(dims, seed, device));
+        // A learned linear map mixes freely, so the halves alternate; a permutation does
+        // the alternating itself (NICE's swap), so the split stays.
+        let learned = matches!(
+            config.permutation,
+            Permutation::Invconv | Permutation::InvconvLu
         );
         layers.push(mlp_coupling(
             dims,
-            k % 2 == 1,
+            learned && k % 2 == 1,
             kind,
             config.hidden,
             config.layers,

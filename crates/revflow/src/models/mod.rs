@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::flow::Cond;
+use crate::layers::{InvConvConfig, Layer, Permute};
 use crate::nets::{ConvNet, ResNet};
 
 /// How Glow mixes channels between couplings.
@@ -26,6 +27,18 @@ pub enum Permutation {
     Shuffle,
     Invconv,
     InvconvLu,
+}
+
+impl Permutation {
+    /// The layer that mixes `channels` features between two couplings.
+    pub fn layer<N: Module>(self, channels: usize, seed: u64, device: &Device) -> Layer<N> {
+        match self {
+            Permutation::Reverse => Permute::reverse(channels, device).into(),
+            Permutation::Shuffle => Permute::shuffle(channels, seed, device).into(),
+            Permutation::Invconv => InvConvConfig::new(channels, seed).init(device).into(),
+            Permutation::InvconvLu => InvConvConfig::new(channels, seed).init_lu(device).into(),
+        }
+    }
 }
 
 /// Glow (Kingma & Dhariwal 2018). Defaults suit the 8×8 digits on 2 cores; the paper's
@@ -142,6 +155,9 @@ pub struct VectorFlowConfig {
     /// Hidden layers per coupling network.
     pub layers: usize,
     pub affine: bool,
+    /// How features are mixed between couplings: an invertible linear map (Glow's 1×1
+    /// convolution) with alternating halves, or NICE's swap (`reverse`) with a fixed split.
+    pub permutation: Permutation,
     pub classes: usize,
     pub seed: u64,
 }
@@ -154,6 +170,7 @@ impl Default for VectorFlowConfig {
             hidden: 64,
             layers: 2,
             affine: true,
+            permutation: Permutation::Invconv,
             classes: 0,
             seed: 0,
         }

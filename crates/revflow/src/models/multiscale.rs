@@ -19,12 +19,12 @@ use crate::distributions::{BaseDistribution, Gaussian, GaussianConfig};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
-    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize,
-    InvConvConfig, Layer, Logit, Mask, Permute, Split, SplitConfig, Squeeze,
+    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize, Layer,
+    Logit, Mask, Split, SplitConfig, Squeeze,
 };
 use crate::nets::{Conditioner, ConvNet, ConvNetConfig, ResNet, ResNetConfig};
 
-use super::{GlowConfig, Permutation, RealNvpConfig};
+use super::{GlowConfig, RealNvpConfig};
 
 /// One scale: `before` at the input resolution, then an optional squeeze, `after`, and an
 /// optional split.
@@ -402,12 +402,7 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
         for k in 0..config.depth {
             let seed = config.seed.wrapping_add((l * 1000 + k) as u64);
             steps.push(ActNormConfig::new(c).init(device).into());
-            steps.push(match config.permutation {
-                Permutation::Reverse => Permute::reverse(c, device).into(),
-                Permutation::Shuffle => Permute::shuffle(c, seed, device).into(),
-                Permutation::Invconv => InvConvConfig::new(c, seed).init(device).into(),
-                Permutation::InvconvLu => InvConvConfig::new(c, seed).init_lu(device).into(),
-            });
+            steps.push(config.permutation.layer(c, seed, device));
             let kind = if config.affine {
                 CouplingKind::AffineGlow
             } else {
