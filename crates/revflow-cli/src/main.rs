@@ -80,12 +80,19 @@ struct BenchArgs {
     /// into this folder for bench/reference.py to check.
     #[arg(long)]
     export: Option<std::path::PathBuf>,
+    /// Time variants of the mnist configuration instead (image size, depth, batch size, one at
+    /// a time) to show how the cost grows, with a large matrix product as the yardstick.
+    #[arg(long, conflicts_with_all = ["configs", "export"])]
+    scaling: bool,
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     let presets = revflow::bench::presets();
     let mut chosen = Vec::new();
-    for name in &args.configs {
+    if args.scaling {
+        chosen = revflow::bench::scaling();
+    }
+    for name in args.configs.iter().filter(|_| !args.scaling) {
         let mut config = presets
             .iter()
             .find(|p| p.name == name)
@@ -110,20 +117,23 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     }
     let mut rows = Vec::new();
     let mut lines = vec![format!(
-        "{:<8} {:>5} {:>10} {:>10} {:>10} {:>9}",
-        "config", "batch", "train ms", "eval ms", "sample ms", "peak MiB"
+        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9}",
+        "config", "batch", "train ms", "eval ms", "sample ms", "train GFLOP/s", "peak MiB"
     )];
     for config in &chosen {
         let t = revflow::bench::run(config, args.iters)?;
         lines.push(format!(
-            "{:<8} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
-            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.peak_rss_mb
+            "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9.0}",
+            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.train_gflops, t.peak_rss_mb
         ));
         rows.push(t);
     }
+    // The yardstick: what gemm reaches on one large product on this machine.
+    let gemm = revflow::bench::gemm_gflops(1024, args.iters)?;
+    lines.push(format!("1024×1024 matrix product: {gemm:.1} GFLOP/s"));
     Ok(Report {
         human: lines.join("\n"),
-        json: serde_json::json!(rows),
+        json: serde_json::json!({"rows": rows, "gemm_1024_gflops": gemm}),
     })
 }
 

@@ -52,6 +52,71 @@ pub fn presets() -> Vec<BenchConfig> {
     ]
 }
 
+/// Variants of the mnist preset for a table of how the cost grows: image size, depth and
+/// batch size, one at a time.
+pub fn scaling() -> Vec<BenchConfig> {
+    let base = presets()
+        .into_iter()
+        .find(|p| p.name == "mnist")
+        .expect("mnist preset");
+    let with = |name, shape, depth, batch| BenchConfig {
+        name,
+        glow: GlowConfig {
+            shape,
+            depth,
+            ..base.glow.clone()
+        },
+        batch,
+    };
+    vec![
+        with("size 16", [1, 16, 16], 8, 32),
+        with("size 28", [1, 28, 28], 8, 32),
+        with("size 32", [1, 32, 32], 8, 32),
+        with("size 48", [1, 48, 48], 8, 32),
+        with("depth 4", [1, 28, 28], 4, 32),
+        with("depth 16", [1, 28, 28], 16, 32),
+        with("batch 8", [1, 28, 28], 8, 8),
+        with("batch 16", [1, 28, 28], 8, 16),
+        with("batch 64", [1, 28, 28], 8, 64),
+    ]
+}
+
+/// Floating-point operations (2 per multiply-add) of one forward pass of `glow` on `batch`
+/// images: the coupling networks' convolutions, the 1×1 mixes and the split priors. The
+/// element-wise work (a few operations per value) is left out, so this slightly undercounts.
+pub fn forward_flops(glow: &GlowConfig, batch: usize) -> f64 {
+    let [mut c, mut h, mut w] = glow.shape;
+    let hidden = glow.hidden as f64;
+    let mut macs = 0.0;
+    for l in 0..glow.levels {
+        (c, h, w) = (c * 4, h / 2, w / 2);
+        let (channels, half, pixels) = (c as f64, (c / 2) as f64, (h * w) as f64);
+        let out = if glow.affine { channels } else { half };
+        // Per pixel: mixing (c²), conv3×3 c/2 → hidden, conv1×1 hidden → hidden,
+        // zero conv3×3 hidden → shift (and scale).
+        let step = channels * channels + 9.0 * half * hidden + hidden * hidden + 9.0 * hidden * out;
+        macs += glow.depth as f64 * step * pixels;
+        if l + 1 < glow.levels {
+            macs += 9.0 * half * channels * pixels; // the split's prior, a zero conv3×3
+            c /= 2;
+        }
+    }
+    2.0 * macs * batch as f64
+}
+
+/// What one large matrix product reaches on this machine (GFLOP/s, f32, n×n by n×n): the
+/// practical peak a training step's FLOP/s is compared with.
+pub fn gemm_gflops(n: usize, iters: usize) -> Result<f64> {
+    let device = Device::flex();
+    let a = pixels(n, n, 1, &device) / 255.0;
+    let b = pixels(n, n, 2, &device) / 255.0;
+    let ms = time(iters, || {
+        let _ = a.clone().matmul(b.clone()).into_data();
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9)
+}
+
 /// Median milliseconds per operation, and the process's peak resident memory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timings {
@@ -60,6 +125,8 @@ pub struct Timings {
     pub train_ms: f64,
     pub eval_ms: f64,
     pub sample_ms: f64,
+    /// FLOP/s of the training step, counting it as 3 forward passes (forward + backward).
+    pub train_gflops: f64,
     pub peak_rss_mb: f64,
 }
 
@@ -173,6 +240,7 @@ pub fn run(config: &BenchConfig, iters: usize) -> Result<Timings> {
         train_ms,
         eval_ms,
         sample_ms,
+        train_gflops: 3.0 * forward_flops(&config.glow, config.batch) / (train_ms * 1e-3) / 1e9,
         peak_rss_mb: peak_rss_mb(),
     })
 }
@@ -206,4 +274,56 @@ pub fn export(config: &BenchConfig, dir: &Path) -> Result<()> {
     let log_p = log_p.into_data().try_to_vec_as::<f64>().expect("floats");
     let text = serde_json::to_string(&serde_json::json!({"log_p": log_p})).expect("serialisable");
     write_atomic(&dir.join("expected.json"), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Layer;
+
+    /// The FLOP count against the convolutions of the model actually built: every weight
+    /// entry is one multiply-add per output position.
+    #[test]
+    fn forward_flops_count_every_convolution_of_the_model() {
+        for affine in [true, false] {
+            let glow = GlowConfig {
+                shape: [3, 8, 8],
+                levels: 2,
+                depth: 2,
+                hidden: 16,
+                affine,
+                ..GlowConfig::default()
+            };
+            let Model::Glow(model) = ModelConfig::Glow(glow.clone())
+                .init(&Device::flex())
+                .unwrap()
+            else {
+                unreachable!("a Glow config builds Glow")
+            };
+            let numel = |w: &Param<Tensor<4>>| w.shape().num_elements() as f64;
+            let (mut macs, mut side) = (0.0, 8);
+            for level in &model.levels {
+                side /= 2;
+                let positions = (side * side) as f64;
+                for layer in &level.after.layers {
+                    macs += positions
+                        * match layer {
+                            Layer::InvConvLu(l) => l.lower.shape().num_elements() as f64,
+                            Layer::Coupling(c) => {
+                                numel(&c.net.conv1.weight)
+                                    + numel(&c.net.conv2.weight)
+                                    + numel(&c.net.out.conv.weight)
+                            }
+                            _ => 0.0,
+                        };
+                }
+                if let Some(prior) = level.split.as_ref().and_then(|s| s.prior.as_ref()) {
+                    macs += positions * numel(&prior.conv.weight);
+                }
+            }
+            let batch = 5;
+            let counted = forward_flops(&glow, batch);
+            assert_eq!(counted, 2.0 * macs * batch as f64, "affine {affine}");
+        }
+    }
 }

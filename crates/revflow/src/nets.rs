@@ -62,12 +62,7 @@ fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Con
 
 /// `conv` applied through [`conv_same`]: same parameters, faster gradients.
 fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [_, c_in, k, _] = conv.weight.dims();
-    if k == 1 || c_in <= 16 {
-        conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
-    } else {
-        conv.forward(x)
-    }
+    conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
 }
 
 /// Zero-initialised 3×3 convolution with a learned output scale `exp(3·log_s)`
