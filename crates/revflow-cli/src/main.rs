@@ -122,9 +122,14 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     )];
     for config in &chosen {
         let t = revflow::bench::run(config, args.iters)?;
+        // One process times every scaling row, so its peak memory is the largest so far.
+        let peak = match args.scaling {
+            true => "-".to_string(),
+            false => format!("{:.0}", t.peak_rss_mb),
+        };
         lines.push(format!(
-            "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9.0}",
-            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.train_gflops, t.peak_rss_mb
+            "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9}",
+            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.train_gflops, peak
         ));
         rows.push(t);
     }

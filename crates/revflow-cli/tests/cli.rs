@@ -619,3 +619,38 @@ fn pytorch_reference_reproduces_the_log_likelihood() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn figures_draws_the_chosen_figure_and_refuses_unknown_ones() {
+    let dir = temp("figures");
+    let out = ok(
+        &[
+            "figures",
+            "--out",
+            "figs",
+            "--only",
+            "change-of-variables",
+            "--json",
+        ],
+        &dir,
+    );
+    let report = json(&out);
+    let figure = &report[0];
+    assert_eq!(figure["figure"], "change-of-variables");
+    let integral = figure["numbers"]["integral_tanh"].as_f64().unwrap();
+    assert!((integral - 1.0).abs() < 1e-4, "{integral}");
+    let picture = image::open(dir.join("figs/change-of-variables.png")).unwrap();
+    assert!(picture.width() > 1000 && picture.height() > 400);
+    fails(
+        &["figures", "--only", "spirals"],
+        &dir,
+        "unknown figure \"spirals\"",
+    );
+    // A run folder that is not there: one line naming it.
+    fails(
+        &["figures", "--only", "latents", "--run", "nowhere"],
+        &dir,
+        "nowhere",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
