@@ -4,11 +4,11 @@
 
 use burn::tensor::Device;
 use image::{Rgb, RgbImage};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::{points, tensor, to_points, trained_toy, Made, Options, Toy};
 use crate::data::TOY_SETS;
-use crate::distributions::BaseDistribution;
 use crate::error::Result;
 use crate::flow::Flow;
 use crate::models::FlatFlow;
@@ -101,241 +101,271 @@ fn colours(points: &[[f64; 2]], (c, half): ([f64; 2], f64)) -> Vec<RGBColor> {
         .collect()
 }
 
+/// How a panel is framed: with labelled axes (the large figure) or bare (the gallery).
+#[derive(Clone, Copy)]
+enum Frame<'a> {
+    Axes(&'a str, &'a str),
+    Bare,
+}
+
+/// A chart over the square `view`, with `title`, in `frame`.
+fn chart<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+    (c, half): ([f64; 2], f64),
+    frame: Frame,
+) -> std::result::Result<
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    Box<dyn std::error::Error>,
+> {
+    let (size, label) = match frame {
+        Frame::Axes(..) => (17, 35),
+        Frame::Bare => (15, 0),
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, size))
+        .margin(10)
+        .x_label_area_size(label)
+        .y_label_area_size(label + 5 * (label > 0) as u32)
+        .build_cartesian_2d(c[0] - half..c[0] + half, c[1] - half..c[1] + half)?;
+    match frame {
+        Frame::Axes(x, y) => chart
+            .configure_mesh()
+            .x_desc(x)
+            .y_desc(y)
+            .label_style((FONT, 12))
+            .axis_desc_style((FONT, 14))
+            .light_line_style(WHITE)
+            .draw()?,
+        Frame::Bare => chart.configure_mesh().disable_mesh().draw()?,
+    }
+    Ok(chart)
+}
+
 fn scatter_panel(
     area: &Area,
     title: &str,
     points: &[[f64; 2]],
     colours: &[RGBColor],
-    (c, half): ([f64; 2], f64),
-    axes: (&str, &str),
+    view: ([f64; 2], f64),
+    frame: Frame,
 ) -> Drawn {
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 17))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(40)
-        .build_cartesian_2d(c[0] - half..c[0] + half, c[1] - half..c[1] + half)?;
-    chart
-        .configure_mesh()
-        .x_desc(axes.0)
-        .y_desc(axes.1)
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 14))
-        .light_line_style(WHITE)
-        .draw()?;
-    chart.draw_series(
+    let radius = if matches!(frame, Frame::Bare) { 1 } else { 2 };
+    chart(area, title, view, frame)?.draw_series(
         points
             .iter()
             .zip(colours)
-            .map(|(p, col)| Circle::new((p[0], p[1]), 2, col.filled())),
+            .map(|(p, col)| Circle::new((p[0], p[1]), radius, col.filled())),
     )?;
     Ok(())
 }
 
-/// The four-panel figure of one flow: data, latents, deformed grid, density.
-fn complex_to_simple(toy: &Toy, made: &mut Made, options: &Options) -> Result<()> {
+/// Lines of constant z₁ (`true`) and z₂ in latent space, pulled back into data space by f⁻¹.
+fn pulled_back_grid(model: &FlatFlow) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
     let device = Device::flex();
-    let data = points(&toy.data.test);
-    let view = window(&points(&toy.data.train));
-    let colour = colours(&data, view);
-    let z = to_points(toy.model.flow.forward(tensor(&data, &device), None)?.0);
-    // Lines of constant z₁ and z₂ in latent space, pulled back into data space by f⁻¹.
-    let ticks: Vec<f64> = (-6..=6).map(|k| k as f64 * 0.5).collect();
     let along: Vec<f64> = (0..=300).map(|i| -3.2 + 6.4 * i as f64 / 300.0).collect();
-    let mut grid_lines = Vec::new();
-    for &t in &ticks {
+    let mut lines = Vec::new();
+    for t in (-6..=6).map(|k| k as f64 * 0.5) {
         for vertical in [true, false] {
             let line: Vec<[f64; 2]> = along
                 .iter()
                 .map(|&s| if vertical { [t, s] } else { [s, t] })
                 .collect();
-            let back = toy.model.flow.inverse(tensor(&line, &device), None)?;
-            grid_lines.push((vertical, to_points(back)));
+            let back = model.flow.inverse(tensor(&line, &device), None)?;
+            lines.push((vertical, to_points(back)));
         }
     }
+    Ok(lines)
+}
+
+fn grid_panel(
+    area: &Area,
+    title: &str,
+    data: &[[f64; 2]],
+    lines: &[(bool, Vec<[f64; 2]>)],
+    view: ([f64; 2], f64),
+    frame: Frame,
+) -> Drawn {
+    let mut chart = chart(area, title, view, frame)?;
+    chart.draw_series(
+        data.iter()
+            .map(|p| Circle::new((p[0], p[1]), 1, RGBColor(200, 200, 200).filled())),
+    )?;
+    for (vertical, line) in lines {
+        let colour = plot::PALETTE[if *vertical { 0 } else { 1 }];
+        chart.draw_series(LineSeries::new(
+            line.iter().map(|p| (p[0], p[1])),
+            colour.mix(0.8).stroke_width(1),
+        ))?;
+    }
+    Ok(())
+}
+
+/// The density picture centred in `area`, as large as fits under a title line.
+fn heat_panel(area: &Area, title: &str, heat: &RgbImage) -> Drawn {
+    area.titled(title, (FONT, 15))?;
+    let (w, h) = area.dim_in_pixel();
+    let side = w.min(h).saturating_sub(40).max(heat.width());
+    let big = image::imageops::resize(heat, side, side, image::imageops::FilterType::Nearest);
+    plot::paste(
+        area,
+        &big,
+        ((w - side) as i32 / 2, (h - side) as i32 / 2 + 12),
+    )
+}
+
+/// Everything drawn for one trained flow.
+struct Panels {
+    set: &'static str,
+    view: ([f64; 2], f64),
+    data: Vec<[f64; 2]>,
+    colours: Vec<RGBColor>,
+    latents: Vec<[f64; 2]>,
+    grid: Vec<(bool, Vec<[f64; 2]>)>,
+    heat: RgbImage,
+    samples: Vec<[f64; 2]>,
+    integral: f64,
+    bits_per_dim: f64,
+    gaussian: f64,
+}
+
+fn panels(set: &'static str, toy: &Toy) -> Result<Panels> {
+    let device = Device::flex();
+    let train = points(&toy.data.train);
+    let data = points(&toy.data.test);
+    let view = window(&train);
+    let latents = to_points(toy.model.flow.forward(tensor(&data, &device), None)?.0);
     let n = 220;
     let (p, integral) = density(&toy.model, view, n)?;
-    made.number(format!("integral_{SNAKE}_large"), integral);
-    let heat = heat_map(&p, n);
+    let samples = to_points(toy.model.sample(data.len().min(2000), 1.0, None, &device)?);
+    Ok(Panels {
+        set,
+        view,
+        colours: colours(&data, view),
+        gaussian: gaussian_bits_per_dim(&train, &data),
+        grid: pulled_back_grid(&toy.model)?,
+        heat: heat_map(&p, n),
+        data,
+        latents,
+        samples,
+        integral,
+        bits_per_dim: toy.test_bits_per_dim,
+    })
+}
 
+/// The latent window: a standard Gaussian's ±3.6.
+const LATENT_VIEW: ([f64; 2], f64) = ([0.0, 0.0], 3.6);
+
+/// The four-panel figure of one flow: data, latents, deformed grid, density.
+fn complex_to_simple(p: &Panels, options: &Options) -> Result<std::path::PathBuf> {
     let picture = plot::draw(1800, 540, |root| {
         let (title, body) = root.split_vertically(50);
         title.titled(
             &format!(
-                "A 2-D flow on {SNAKE}: f maps the data to a Gaussian ({:.3} bits/dim on test points)",
-                toy.test_bits_per_dim
+                "A 2-D flow on {}: f maps the data to a Gaussian ({:.3} bits/dim on test points)",
+                p.set, p.bits_per_dim
             ),
             (FONT, 24),
         )?;
-        let panels = body.split_evenly((1, 4));
+        let areas = body.split_evenly((1, 4));
+        let data_axes = Frame::Axes("x₁", "x₂");
         scatter_panel(
-            &panels[0],
+            &areas[0],
             "data x (test points)",
-            &data,
-            &colour,
-            view,
-            ("x₁", "x₂"),
+            &p.data,
+            &p.colours,
+            p.view,
+            data_axes,
         )?;
-        let latent_view = ([0.0, 0.0], 3.6);
+        let latent_axes = Frame::Axes("z₁", "z₂");
         scatter_panel(
-            &panels[1],
+            &areas[1],
             "latents z = f(x)",
-            &z,
-            &colour,
-            latent_view,
-            ("z₁", "z₂"),
+            &p.latents,
+            &p.colours,
+            LATENT_VIEW,
+            latent_axes,
         )?;
-        let mut chart = ChartBuilder::on(&panels[2])
-            .caption("latent grid pulled back: f⁻¹(grid)", (FONT, 17))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(40)
-            .build_cartesian_2d(
-                view.0[0] - view.1..view.0[0] + view.1,
-                view.0[1] - view.1..view.0[1] + view.1,
-            )?;
-        chart
-            .configure_mesh()
-            .x_desc("x₁")
-            .y_desc("x₂")
-            .label_style((FONT, 12))
-            .axis_desc_style((FONT, 14))
-            .light_line_style(WHITE)
-            .draw()?;
-        chart.draw_series(
-            data.iter()
-                .map(|p| Circle::new((p[0], p[1]), 1, RGBColor(200, 200, 200).filled())),
+        grid_panel(
+            &areas[2],
+            "latent grid pulled back: f⁻¹(grid)",
+            &p.data,
+            &p.grid,
+            p.view,
+            data_axes,
         )?;
-        for (vertical, line) in &grid_lines {
-            let colour = if *vertical {
-                plot::PALETTE[0]
-            } else {
-                plot::PALETTE[1]
-            };
-            chart.draw_series(LineSeries::new(
-                line.iter().map(|p| (p[0], p[1])),
-                colour.mix(0.8).stroke_width(1),
-            ))?;
-        }
-        let area = &panels[3];
-        area.titled(
-            &format!("learned density p(x), ∫ = {integral:.3}"),
-            (FONT, 17),
-        )?;
-        let (w, h) = area.dim_in_pixel();
-        let at = ((w as i32 - n as i32) / 2, (h as i32 - n as i32) / 2);
-        let big = image::imageops::resize(
-            &heat,
-            (w.min(h) - 60).max(n as u32),
-            (w.min(h) - 60).max(n as u32),
-            image::imageops::FilterType::Nearest,
-        );
-        let at = (
-            at.0 - (big.width() as i32 - n as i32) / 2,
-            at.1 - (big.height() as i32 - n as i32) / 2 + 10,
-        );
-        plot::paste(area, &big, at)?;
-        Ok(())
+        heat_panel(
+            &areas[3],
+            &format!("learned density p(x), ∫ = {:.3}", p.integral),
+            &p.heat,
+        )
     })?;
     let path = super::file(options, "complex-to-simple.png");
     save_png(picture, &path)?;
-    made.files.push(path);
-    Ok(())
+    Ok(path)
 }
 
 pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Made> {
     let mut made = Made::default();
     let mut columns = Vec::new();
-    let n = 200;
     for set in TOY_SETS {
         let toy = trained_toy(set, options, progress)?;
+        let p = panels(set, &toy)?;
+        made.number(format!("test_bits_per_dim_{set}"), p.bits_per_dim);
+        made.number(format!("gaussian_bits_per_dim_{set}"), p.gaussian);
+        made.number(format!("integral_{set}"), p.integral);
         if set == SNAKE {
-            complex_to_simple(&toy, &mut made, options)?;
+            made.files.push(complex_to_simple(&p, options)?);
         }
-        let train = points(&toy.data.train);
-        let test = points(&toy.data.test);
-        let view = window(&train);
-        let (p, integral) = density(&toy.model, view, n)?;
-        let gaussian = gaussian_bits_per_dim(&train, &test);
-        made.number(format!("test_bits_per_dim_{set}"), toy.test_bits_per_dim);
-        made.number(format!("gaussian_bits_per_dim_{set}"), gaussian);
-        made.number(format!("integral_{set}"), integral);
-        let samples =
-            to_points(
-                toy.model
-                    .sample(test.len().min(2000), 1.0, None, &Device::flex())?,
-            );
-        let _ = toy
-            .model
-            .prior
-            .log_prob(tensor(&samples[..1], &Device::flex()), None)?;
-        columns.push((
-            set,
-            test,
-            samples,
-            heat_map(&p, n),
-            view,
-            toy.test_bits_per_dim,
-            gaussian,
-        ));
+        columns.push(p);
     }
     let cell = 250;
-    let picture = plot::draw(110 + cell * columns.len() as u32, 60 + 3 * cell, |root| {
-        let (title, body) = root.split_vertically(60);
-        title.titled(
-            "2-D flows on every generated set: data, learned density, samples (bits/dim: flow vs best Gaussian)",
-            (FONT, 22),
-        )?;
-        let (labels, grid) = body.split_horizontally(110);
-        for (r, label) in ["test data", "density", "samples"].iter().enumerate() {
-            labels.draw(&Text::new(
-                *label,
-                (10, (r as u32 * cell + cell / 2) as i32),
-                (FONT, 18),
-            ))?;
-        }
-        let panels = grid.split_evenly((3, columns.len()));
-        for (c, (set, test, samples, heat, view, bpd, gaussian)) in columns.iter().enumerate() {
-            let colour = vec![plot::PALETTE[0]; test.len()];
-            let caption = format!("{set}: {bpd:.2} vs {gaussian:.2}");
-            scatter_small(&panels[c], &caption, test, &colour, *view)?;
-            let area = &panels[columns.len() + c];
-            let (w, h) = area.dim_in_pixel();
-            plot::paste(
-                area,
-                heat,
-                ((w as i32 - n as i32) / 2, (h as i32 - n as i32) / 2),
+    let rows = [
+        "test data",
+        "latents f(x)",
+        "f⁻¹(grid)",
+        "density",
+        "samples",
+    ];
+    let picture = plot::draw(
+        120 + cell * columns.len() as u32,
+        60 + rows.len() as u32 * cell,
+        |root| {
+            let (title, body) = root.split_vertically(60);
+            title.titled(
+                "2-D flows on every generated set (captions: test bits/dim of the flow vs the best Gaussian)",
+                (FONT, 22),
             )?;
-            let colour = vec![plot::PALETTE[1]; samples.len()];
-            scatter_small(&panels[2 * columns.len() + c], "", samples, &colour, *view)?;
-        }
-        Ok(())
-    })?;
+            let (labels, grid) = body.split_horizontally(120);
+            for (r, label) in rows.iter().enumerate() {
+                let y = (r as u32 * cell + cell / 2) as i32;
+                labels.draw(&Text::new(*label, (10, y), (FONT, 18)))?;
+            }
+            let areas = grid.split_evenly((rows.len(), columns.len()));
+            let at = |r: usize, c: usize| &areas[r * columns.len() + c];
+            for (c, p) in columns.iter().enumerate() {
+                let caption = format!("{}: {:.2} vs {:.2}", p.set, p.bits_per_dim, p.gaussian);
+                scatter_panel(at(0, c), &caption, &p.data, &p.colours, p.view, Frame::Bare)?;
+                scatter_panel(
+                    at(1, c),
+                    "",
+                    &p.latents,
+                    &p.colours,
+                    LATENT_VIEW,
+                    Frame::Bare,
+                )?;
+                grid_panel(at(2, c), "", &p.data, &p.grid, p.view, Frame::Bare)?;
+                heat_panel(at(3, c), "", &p.heat)?;
+                let orange = vec![plot::PALETTE[1]; p.samples.len()];
+                scatter_panel(at(4, c), "", &p.samples, &orange, p.view, Frame::Bare)?;
+            }
+            Ok(())
+        },
+    )?;
     let path = super::file(options, "gallery.png");
     save_png(picture, &path)?;
     made.files.push(path);
     Ok(made)
-}
-
-fn scatter_small(
-    area: &Area,
-    title: &str,
-    points: &[[f64; 2]],
-    colours: &[RGBColor],
-    (c, half): ([f64; 2], f64),
-) -> Drawn {
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 15))
-        .margin(12)
-        .build_cartesian_2d(c[0] - half..c[0] + half, c[1] - half..c[1] + half)?;
-    chart.configure_mesh().disable_mesh().draw()?;
-    chart.draw_series(
-        points
-            .iter()
-            .zip(colours)
-            .map(|(p, col)| Circle::new((p[0], p[1]), 1, col.filled())),
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]
