@@ -36,8 +36,11 @@ fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> Stri
         }
         Layer::Permute(_) => "permutation: x₁ and x₂ swap places".into(),
         Layer::Coupling(c) => {
-            let key = key_coordinate(before, after).map_or("?".into(), |k| (k + 1).to_string());
-            let msg = if key == "1" { "2" } else { "1" };
+            let (key, msg) = match key_coordinate(before, after) {
+                Some(0) => ("₁", "₂"),
+                Some(_) => ("₂", "₁"),
+                None => ("?", "?"),
+            };
             match c.kind {
                 CouplingKind::Additive => {
                     format!("additive coupling: x{key} kept (key), x{msg} += t(x{key})")
