@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use revflow::data::{self, Data, Splits};
+use revflow::data::{self, Data};
 use revflow::models::{
     GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlowConfig,
 };
@@ -299,16 +299,6 @@ fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> {
 }
 
 /// Loads the data a run was (or will be) trained on.
-pub fn load_data(config: &RunConfig) -> Result<Splits> {
-    data::load_resized(
-        &config.data,
-        config.data_dir.as_deref(),
-        config.train.seed,
-        config.data_samples.max(1),
-        config.data_resize,
-    )
-}
-
 pub fn run(args: TrainArgs) -> Result<Report> {
     let (config, dir) = if args.resume {
         let out = args
@@ -350,10 +340,7 @@ pub fn run(args: TrainArgs) -> Result<Report> {
                 out.display()
             )));
         }
-        let class_names = match &splits.train {
-            Data::Images(s) => s.class_names.clone(),
-            Data::Vectors(s) => s.class_names.clone(),
-        };
+        let class_names = splits.train.class_names().to_vec();
         let config = RunConfig {
             model,
             train: train_config(&args, base),
@@ -365,7 +352,7 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         };
         (config, dir)
     };
-    let splits = load_data(&config)?;
+    let splits = config.load_data()?;
     eprintln!(
         "revflow: training {} on {} ({}) into {}",
         config.model.name(),

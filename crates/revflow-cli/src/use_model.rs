@@ -14,7 +14,6 @@ use revflow::{FlowError, Result};
 
 use serde_json::json;
 
-use crate::train::load_data;
 use crate::Report;
 
 /// A trained run, ready for inference.
@@ -84,7 +83,7 @@ impl Loaded {
             {
                 let splits = match &mut splits {
                     Some(s) => s,
-                    None => splits.insert(load_data(&self.config)?),
+                    None => splits.insert(self.config.load_data()?),
                 };
                 let data = if part == "test" {
                     &splits.test
@@ -213,7 +212,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<Report> {
     let run = open(&args.run)?;
-    let splits = load_data(&run.config)?;
+    let splits = run.config.load_data()?;
     let data = match args.split.as_str() {
         "test" => &splits.test,
         "train" => &splits.train,
@@ -591,7 +590,7 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
                 args.to.clone().unwrap_or_default(),
             );
             let (from, to) = (run.class(&from_name)?, run.class(&to_name)?);
-            let splits = load_data(&run.config)?;
+            let splits = run.config.load_data()?;
             let labels = match &splits.train {
                 Data::Images(s) => s.labels.clone(),
                 Data::Vectors(s) => s.labels.clone(),

@@ -146,12 +146,17 @@ impl Data {
         self.len() == 0
     }
 
+    /// Names of the classes; empty for unlabelled data.
+    pub fn class_names(&self) -> &[String] {
+        match self {
+            Data::Images(s) => &s.class_names,
+            Data::Vectors(s) => &s.class_names,
+        }
+    }
+
     /// Number of classes; 0 for unlabelled data.
     pub fn num_classes(&self) -> usize {
-        match self {
-            Data::Images(s) => s.class_names.len(),
-            Data::Vectors(s) => s.class_names.len(),
-        }
+        self.class_names().len()
     }
 
     fn subset(&self, idx: &[usize]) -> Data {

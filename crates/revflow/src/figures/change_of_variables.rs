@@ -181,14 +181,7 @@ fn draw_panel(area: &plot::Area, map: &Map, hs: &[f64], integral: f64) -> Drawn 
         .draw_series(LineSeries::new(curve, PALETTE[3].stroke_width(3)))?
         .label(format!("formula, ∫ = {integral:.4}"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PALETTE[3].stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
-    Ok(())
+    plot::legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 #[cfg(test)]

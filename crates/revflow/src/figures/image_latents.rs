@@ -7,14 +7,14 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use plotters::prelude::*;
 
-use super::{Made, Options};
+use super::{trained, Made, Options};
 use crate::data::{self, Data, ImageSet, Splits};
 use crate::error::{FlowError, Result};
 use crate::latents::{mean, pixels, walk};
 use crate::models::{GlowConfig, Model, ModelConfig};
 use crate::pictures::plot::{self, FONT};
 use crate::pictures::{grid, save_png};
-use crate::training::{one_hot, rows, Run, RunConfig, RunDir, TrainConfig};
+use crate::training::{one_hot, rows, RunConfig, RunDir, TrainConfig};
 
 /// Magnification of the images in the figures.
 const SCALE: usize = 6;
@@ -25,7 +25,6 @@ fn image_model(
     options: &Options,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(RunConfig, Model, Splits)> {
-    let device = Device::flex();
     if let Some(run) = &options.run {
         let dir = RunDir::new(run);
         let config = dir.read_config()?;
@@ -36,21 +35,13 @@ fn image_model(
                 config.model.name()
             )));
         }
-        let splits = data::load_resized(
-            &config.data,
-            config.data_dir.as_deref(),
-            config.train.seed,
-            config.data_samples,
-            config.data_resize,
-        )?;
+        let splits = config.load_data()?;
         progress(&format!("using the image model in {}", run.display()));
-        return Ok((config.clone(), dir.load_model(&config, &device)?, splits));
+        let model = dir.load_model(&config, &Device::flex())?;
+        return Ok((config, model, splits));
     }
     let splits = data::load("digits", None, options.seed, 0)?;
-    let class_names = match &splits.train {
-        Data::Images(s) => s.class_names.clone(),
-        Data::Vectors(s) => s.class_names.clone(),
-    };
+    let class_names = splits.train.class_names().to_vec();
     // The recipe of `revflow train` on the digits (4 bits, weight decay), shorter.
     let config = RunConfig {
         model: ModelConfig::Glow(GlowConfig {
@@ -73,31 +64,8 @@ fn image_model(
         class_names,
     };
     let dir = RunDir::new(&options.out.join("runs").join("digits-glow"));
-    let finished = dir.read_config().ok().as_ref() == Some(&config)
-        && dir
-            .load_state()
-            .is_ok_and(|s| s.step == options.image_steps);
-    if finished {
-        progress(&format!(
-            "digits: using the Glow trained in {}",
-            dir.root.display()
-        ));
-    } else {
-        progress(&format!(
-            "digits: training Glow for {} steps into {} (or pass --run DIR)",
-            options.image_steps,
-            dir.root.display()
-        ));
-        let _ = std::fs::remove_dir_all(&dir.root);
-        Run {
-            config: config.clone(),
-            data: &splits,
-            dir: RunDir::new(&dir.root),
-            draw_samples: None,
-        }
-        .train(false, &mut |_| {})?;
-    }
-    let model = dir.load_model(&config, &device)?;
+    progress("digits: no --run DIR given, so the latent figures use a Glow on the digits");
+    let (model, _) = trained(&config, &splits, &dir, "digits", progress)?;
     Ok((config, model, splits))
 }
 

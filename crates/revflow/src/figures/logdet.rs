@@ -211,14 +211,7 @@ fn draw(root: &plot::Area, traces: &[Trace]) -> Drawn {
                 PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
-    Ok(())
+    plot::legend(&mut chart, SeriesLabelPosition::LowerLeft)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
 
-use crate::data::{self, Data, Splits, VectorSet};
+use crate::data::{Data, Splits, VectorSet};
 use crate::error::{FlowError, Result};
 use crate::models::{FlatFlow, Model, ModelConfig, VectorFlowConfig};
 use crate::training::{Run, RunConfig, RunDir, TrainConfig};
@@ -203,33 +203,10 @@ fn trained_flow(
         data_resize: None,
         class_names: Vec::new(),
     };
-    let data = data::load(set, None, options.seed, TOY_SAMPLES)?;
+    let data = config.load_data()?;
     let dir = RunDir::new(&options.out.join("runs").join(name));
-    let finished = dir.read_config().ok().as_ref() == Some(&config)
-        && dir.load_state().is_ok_and(|s| s.step == options.steps);
-    let device = Device::flex();
-    let test_bits_per_dim = if finished {
-        progress(&format!(
-            "{set}: using the flow trained in {}",
-            dir.root.display()
-        ));
-        dir.load_state()?.test_bits_per_dim.unwrap_or(f64::NAN)
-    } else {
-        progress(&format!(
-            "{set}: training a 2-D flow for {} steps into {}",
-            options.steps,
-            dir.root.display()
-        ));
-        let _ = std::fs::remove_dir_all(&dir.root);
-        let run = Run {
-            config: config.clone(),
-            data: &data,
-            dir: RunDir::new(&dir.root),
-            draw_samples: None,
-        };
-        run.train(false, &mut |_| {})?.test.bits_per_dim
-    };
-    let Model::Flat(model) = dir.load_model(&config, &device)? else {
+    let (model, test_bits_per_dim) = trained(&config, &data, &dir, set, progress)?;
+    let Model::Flat(model) = model else {
         unreachable!("a vector config builds a flat flow")
     };
     Ok(Toy {
@@ -237,6 +214,43 @@ fn trained_flow(
         data,
         test_bits_per_dim,
     })
+}
+
+/// The model of `config` and its test bits/dim: from `dir` when a finished run with the same
+/// settings is there, otherwise trained into it. `label` names it in the progress lines.
+fn trained(
+    config: &RunConfig,
+    data: &Splits,
+    dir: &RunDir,
+    label: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Model, f64)> {
+    let steps = config.train.steps;
+    let finished = dir.read_config().ok().as_ref() == Some(config)
+        && dir.load_state().is_ok_and(|s| s.step == steps);
+    let test_bits_per_dim = if finished {
+        progress(&format!(
+            "{label}: using the {} model trained in {}",
+            config.model.name(),
+            dir.root.display()
+        ));
+        dir.load_state()?.test_bits_per_dim.unwrap_or(f64::NAN)
+    } else {
+        progress(&format!(
+            "{label}: training a {} model for {steps} steps into {}",
+            config.model.name(),
+            dir.root.display()
+        ));
+        let _ = std::fs::remove_dir_all(&dir.root);
+        let run = Run {
+            config: config.clone(),
+            data,
+            dir: RunDir::new(&dir.root),
+            draw_samples: None,
+        };
+        run.train(false, &mut |_| {})?.test.bits_per_dim
+    };
+    Ok((dir.load_model(config, &Device::flex())?, test_bits_per_dim))
 }
 
 /// The values of a 2-D set as points.

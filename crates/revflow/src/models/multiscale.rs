@@ -288,18 +288,11 @@ impl<N: Conditioner<4>> MultiScale<N> {
                 format!("{} levels", zs.len()),
             ));
         }
-        let mut levels: Vec<Tensor<4>> = Vec::with_capacity(zs.len());
-        for (z, [c, h, w]) in zs.iter().zip(&shapes) {
-            let [n, d] = z.dims();
-            if d != c * h * w {
-                return Err(FlowError::shape(
-                    "decode",
-                    format!("a latent of {c}×{h}×{w}"),
-                    format!("{d} values"),
-                ));
-            }
-            levels.push(z.clone().reshape([n, *c, *h, *w]));
-        }
+        let mut levels = zs
+            .iter()
+            .zip(shapes)
+            .map(|(z, shape)| unflatten(z, shape))
+            .collect::<Result<Vec<_>>>()?;
         let top = levels.pop().expect("a top latent");
         self.descend(top, levels.into_iter().map(Some).collect(), 1.0, cond)
     }
@@ -307,21 +300,8 @@ impl<N: Conditioner<4>> MultiScale<N> {
     /// Decodes from the top latent alone, drawing every lower level from its prior given the
     /// levels above at `temperature` (0: the prior's mean): what the top level holds by itself.
     pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
-        let [c, h, w] = *self.latent_shapes().last().expect("a top level");
-        let [n, d] = top.dims();
-        if d != c * h * w {
-            return Err(FlowError::shape(
-                "decode",
-                format!("a top latent of {c}×{h}×{w}"),
-                format!("{d} values"),
-            ));
-        }
-        self.descend(
-            top.clone().reshape([n, c, h, w]),
-            Vec::new(),
-            temperature,
-            cond,
-        )
+        let shape = *self.latent_shapes().last().expect("a top level");
+        self.descend(unflatten(top, shape)?, Vec::new(), temperature, cond)
     }
 
     pub fn sample(
@@ -378,6 +358,19 @@ fn per_pixel<T>(
 fn flatten(z: Tensor<4>) -> Tensor<2> {
     let n = z.dims()[0];
     z.reshape([n as i64, -1])
+}
+
+/// A flat `(N, C·H·W)` latent of one level back to `(N, C, H, W)`, checked.
+fn unflatten(z: &Tensor<2>, [c, h, w]: [usize; 3]) -> Result<Tensor<4>> {
+    let [n, d] = z.dims();
+    if d != c * h * w {
+        return Err(FlowError::shape(
+            "decode",
+            format!("a latent of {c}×{h}×{w}"),
+            format!("{d} values"),
+        ));
+    }
+    Ok(z.clone().reshape([n, c, h, w]))
 }
 
 fn check_shape(shape: [usize; 3], squeezes: usize) -> Result<()> {

@@ -6,7 +6,7 @@ use std::error::Error;
 use std::sync::Once;
 
 use image::RgbImage;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::error::{FlowError, Result};
@@ -54,6 +54,21 @@ pub fn draw(width: u32, height: u32, paint: impl FnOnce(&Area) -> Drawn) -> Resu
             })?;
     }
     Ok(RgbImage::from_raw(width, height, buffer).expect("width·height·3 bytes"))
+}
+
+/// The legend of every chart: its labels on a translucent white box at `position`.
+pub fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
 }
 
 /// A colour from viridis for `t` in [0, 1] (clamped): dark blue to yellow, readable in grey.

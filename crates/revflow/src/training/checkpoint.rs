@@ -20,6 +20,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::data::{self, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
 use crate::weights::{self, write_atomic};
@@ -43,6 +44,19 @@ pub struct RunConfig {
     pub data_resize: Option<(u32, u32)>,
     /// Class names of the training data (for labels on the command line).
     pub class_names: Vec<String>,
+}
+
+impl RunConfig {
+    /// The data the run was trained on, loaded and split as it was then.
+    pub fn load_data(&self) -> Result<Splits> {
+        data::load_resized(
+            &self.data,
+            self.data_dir.as_deref(),
+            self.train.seed,
+            self.data_samples.max(1),
+            self.data_resize,
+        )
+    }
 }
 
 /// `state.json`: where training stopped.
