@@ -229,7 +229,7 @@ struct Panels {
     gaussian: f64,
 }
 
-fn panels(set: &'static str, toy: &Toy) -> Result<Panels> {
+fn panels(set: &'static str, toy: &Toy, seed: u64) -> Result<Panels> {
     let device = Device::flex();
     let train = points(&toy.data.train);
     let data = points(&toy.data.test);
@@ -237,6 +237,8 @@ fn panels(set: &'static str, toy: &Toy) -> Result<Panels> {
     let latents = to_points(toy.model.flow.forward(tensor(&data, &device), None)?.0);
     let n = 220;
     let (p, integral) = density(&toy.model, view, n)?;
+    // Seeded, so that the command redraws the same picture.
+    device.seed(seed);
     let samples = to_points(toy.model.sample(data.len().min(2000), 1.0, None, &device)?);
     Ok(Panels {
         set,
@@ -310,7 +312,7 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
     let mut columns = Vec::new();
     for set in TOY_SETS {
         let toy = trained_toy(set, options, progress)?;
-        let p = panels(set, &toy)?;
+        let p = panels(set, &toy, options.seed)?;
         made.number(format!("test_bits_per_dim_{set}"), p.bits_per_dim);
         made.number(format!("gaussian_bits_per_dim_{set}"), p.gaussian);
         made.number(format!("integral_{set}"), p.integral);
