@@ -84,9 +84,14 @@ struct BenchArgs {
     /// a time) to show how the cost grows, with a large matrix product as the yardstick.
     #[arg(long, conflicts_with_all = ["configs", "export"])]
     scaling: bool,
+    /// Compose Glow's coupling network from burn's operations instead of the fused CPU
+    /// operation, to measure what the fusion brings.
+    #[arg(long)]
+    unfused: bool,
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
+    revflow::fused::set_enabled(!args.unfused);
     let presets = revflow::bench::presets();
     let mut chosen = Vec::new();
     if args.scaling {

@@ -13,7 +13,8 @@
 //! - [`flow`]: the [`Flow`] trait every layer implements, and [`Sequential`] composition.
 //! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, squeeze,
 //!   split, NICE scaling, batch normalisation, dequantisation and logit preprocessing.
-//! - [`nets`]: the networks inside coupling layers.
+//! - [`nets`]: the networks inside coupling layers; [`fused`]: Glow's network as one CPU
+//!   operation with its own backward pass.
 //! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
 //! - [`weights`]: saving and loading parameters as safetensors.
 
@@ -24,6 +25,7 @@ pub mod distributions;
 pub mod error;
 pub mod figures;
 pub mod flow;
+pub mod fused;
 pub mod latents;
 pub mod layers;
 mod linalg;

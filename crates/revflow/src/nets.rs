@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
 use crate::conv::conv_same;
+use crate::fused::{self, NetParams};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -164,13 +165,47 @@ pub struct ConvNet {
     pub classes: usize,
 }
 
-impl Conditioner<4> for ConvNet {
-    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
-        let h = apply(&self.conv1, with_cond(x, cond, self.classes)?);
+impl ConvNet {
+    /// The network from burn's operations, on `x` with any class channels appended.
+    pub(crate) fn composed(&self, x: Tensor<4>) -> Result<Tensor<4>> {
+        let h = apply(&self.conv1, x);
         let (h, _) = self.norm1.forward(h, None)?;
         let h = apply(&self.conv2, relu(h));
         let (h, _) = self.norm2.forward(h, None)?;
         Ok(self.out.forward(relu(h)))
+    }
+
+    /// The network's parameters for [`fused::coupling_net`], when its layers have the
+    /// expected form (bias only in the zero conv, 3×3 / 1×1 / 3×3 kernels).
+    pub(crate) fn fused_params(&self) -> Option<NetParams> {
+        let k = |c: &Conv2d| c.weight.dims()[2];
+        let plain = self.conv1.bias.is_none() && self.conv2.bias.is_none();
+        if !plain || (k(&self.conv1), k(&self.conv2), k(&self.out.conv)) != (3, 1, 3) {
+            return None;
+        }
+        Some(NetParams {
+            w1: self.conv1.weight.val(),
+            log_s1: self.norm1.log_scale.val(),
+            b1: self.norm1.bias.val(),
+            w2: self.conv2.weight.val(),
+            log_s2: self.norm2.log_scale.val(),
+            b2: self.norm2.bias.val(),
+            w3: self.out.conv.weight.val(),
+            b3: self.out.conv.bias.as_ref()?.val(),
+            log_s3: self.out.log_scale.val(),
+        })
+    }
+}
+
+impl Conditioner<4> for ConvNet {
+    fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
+        let x = with_cond(x, cond, self.classes)?;
+        if fused::applies(&x.device()) {
+            if let Some(params) = self.fused_params() {
+                return Ok(fused::coupling_net(x, params));
+            }
+        }
+        self.composed(x)
     }
 
     /// The same path, initialising each ActNorm from the batch as it passes.

@@ -1,0 +1,327 @@
+//! Glow's coupling network as one operation with its own backward pass, on the CPU backend.
+//!
+//! Composed from burn's operations, the network is a dozen separate passes per coupling, each
+//! allocating and reading a hidden-width activation map (convolution, ActNorm's add and multiply,
+//! ReLU, layout copies). Here it is three matrix products with the element-wise work folded in
+//! ([`kernels`]), and a hand-written backward pass registered with burn's autodiff graph: the same
+//! products transposed. Other backends (a GPU) use the composed network; so does ActNorm's
+//! data-dependent initialisation.
+
+pub mod kernels;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::TensorMetadata;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use kernels::{Dims, Params, Saved};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused network off (or back on) for the whole process: for measuring what it
+/// brings, and for checking it against the composed network.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether tensors on `device` take the fused path.
+pub fn applies(device: &Device) -> bool {
+    ENABLED.load(Ordering::Relaxed)
+        && matches!(
+            device.as_dispatch().clone().inner(),
+            DispatchDevice::Flex(_)
+        )
+}
+
+/// The parameters of a Glow coupling network, as the fused operation takes them.
+pub struct NetParams {
+    /// conv3×3 `[hidden, c_in, 3, 3]`, no bias.
+    pub w1: Tensor<4>,
+    pub log_s1: Tensor<1>,
+    pub b1: Tensor<1>,
+    /// conv1×1 `[hidden, hidden, 1, 1]`, no bias.
+    pub w2: Tensor<4>,
+    pub log_s2: Tensor<1>,
+    pub b2: Tensor<1>,
+    /// zero conv3×3 `[c_out, hidden, 3, 3]` with bias `b3`, output scaled by `exp(3·log_s3)`.
+    pub w3: Tensor<4>,
+    pub b3: Tensor<1>,
+    pub log_s3: Tensor<1>,
+}
+
+/// conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3 on `x` (NCHW), in one
+/// operation. Only for devices where [`applies`] is true.
+pub fn coupling_net(x: Tensor<4>, p: NetParams) -> Tensor<4> {
+    let out = <Dispatch as CouplingNetOps>::glow_coupling_net(
+        x.into_dispatch(),
+        p.w1.into_dispatch(),
+        p.log_s1.into_dispatch(),
+        p.b1.into_dispatch(),
+        p.w2.into_dispatch(),
+        p.log_s2.into_dispatch(),
+        p.b2.into_dispatch(),
+        p.w3.into_dispatch(),
+        p.b3.into_dispatch(),
+        p.log_s3.into_dispatch(),
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// The fused network as a burn backend extension: implemented for the CPU backend and for
+/// autodiff on top of it.
+#[backend_extension(Flex, Autodiff)]
+pub trait CouplingNetOps: Backend {
+    #[allow(clippy::too_many_arguments)]
+    fn glow_coupling_net(
+        x: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        log_s1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        log_s2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+        b3: FloatTensor<Self>,
+        log_s3: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+fn values(t: FlexTensor) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("the fused coupling network takes f32 tensors")
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// Sizes and parameter values from the operation's ten inputs (in its argument order).
+fn unpack(inputs: [FlexTensor; 10]) -> (Dims, Vec<f32>, Params) {
+    let [n, c_in, h, w] = inputs[0].shape().dims();
+    let dims = Dims {
+        n,
+        c_in,
+        hidden: inputs[1].shape()[0],
+        c_out: inputs[7].shape()[0],
+        h,
+        w,
+    };
+    let [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3] = inputs.map(values);
+    let params = Params {
+        w1,
+        log_s1,
+        b1,
+        w2,
+        log_s2,
+        b2,
+        w3,
+        b3,
+        log_s3,
+    };
+    (dims, x, params)
+}
+
+fn output_shape(d: Dims) -> [usize; 4] {
+    [d.n, d.c_out, d.h, d.w]
+}
+
+impl CouplingNetOps for Flex {
+    fn glow_coupling_net(
+        x: FlexTensor,
+        w1: FlexTensor,
+        log_s1: FlexTensor,
+        b1: FlexTensor,
+        w2: FlexTensor,
+        log_s2: FlexTensor,
+        b2: FlexTensor,
+        w3: FlexTensor,
+        b3: FlexTensor,
+        log_s3: FlexTensor,
+    ) -> FlexTensor {
+        let (d, x, p) = unpack([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3]);
+        let (out, _) = kernels::forward(&x, d, &p, false);
+        tensor(out, output_shape(d))
+    }
+}
+
+/// The backward step registered in the autodiff graph.
+#[derive(Debug)]
+struct CouplingNetBackward;
+
+impl Backward<Flex, 10> for CouplingNetBackward {
+    type State = (Dims, Params, Saved);
+
+    fn backward(self, ops: Ops<Self::State, 10>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (d, p, saved) = ops.state;
+        let grad_out = values(grads.consume::<Flex>(&ops.node));
+        let g = kernels::backward(&grad_out, d, &p, &saved, ops.parents[0].is_some());
+        let (h, c, o) = (d.hidden, d.c_in, d.c_out);
+        let q = g.params;
+        let results: [(Vec<f32>, Vec<usize>); 10] = [
+            (g.x, vec![d.n, c, d.h, d.w]),
+            (q.w1, vec![h, c, 3, 3]),
+            (q.log_s1, vec![h]),
+            (q.b1, vec![h]),
+            (q.w2, vec![h, h, 1, 1]),
+            (q.log_s2, vec![h]),
+            (q.b2, vec![h]),
+            (q.w3, vec![o, h, 3, 3]),
+            (q.b3, vec![o]),
+            (q.log_s3, vec![o]),
+        ];
+        for (parent, (v, shape)) in ops.parents.into_iter().zip(results) {
+            if let Some(node) = parent {
+                let t = FlexTensor::from_data(TensorData::new(v, shape));
+                grads.register::<Flex>(node.id, t);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CouplingNetOps for Autodiff<Flex, C> {
+    fn glow_coupling_net(
+        x: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        log_s1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        log_s2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        w3: FloatTensor<Self>,
+        b3: FloatTensor<Self>,
+        log_s3: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let inputs = [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3];
+        let nodes = inputs.each_ref().map(|t| t.node());
+        let (d, x, p) = unpack(inputs.map(|t| t.into_primitive()));
+        match CouplingNetBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, saved) = kernels::forward(&x, d, &p, true);
+                let saved = saved.expect("kept for the backward pass");
+                prep.finish((d, p, saved), tensor(out, output_shape(d)))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, _) = kernels::forward(&x, d, &p, false);
+                prep.finish(tensor(out, output_shape(d)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Gradients;
+
+    use super::*;
+    use crate::nets::ConvNetConfig;
+    use crate::testing::*;
+
+    /// Every trainable parameter's gradient, in visiting order.
+    fn param_grads<M: Module>(module: &M, grads: &Gradients) -> Vec<(Vec<usize>, Vec<f32>)> {
+        struct Collect<'a>(&'a Gradients, Vec<(Vec<usize>, Vec<f32>)>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let t = param.val();
+                if t.is_require_grad() {
+                    let g = t.grad(self.0).expect("every parameter gets a gradient");
+                    self.1.push((t.dims().to_vec(), to_vec(g)));
+                }
+            }
+        }
+        let mut collect = Collect(grads, Vec::new());
+        module.visit(&mut collect);
+        collect.1
+    }
+
+    fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale
+    }
+
+    #[test]
+    fn matches_the_composed_network_and_its_gradients() {
+        let dev = ad();
+        // (batch, c_in, hidden, c_out, height, width): odd and non-square sizes, a 1×2 image
+        // where every tap but the centre row falls outside.
+        for (n, c_in, hidden, c_out, h, w) in
+            [(2, 3, 8, 6, 5, 4), (1, 2, 16, 4, 3, 3), (3, 6, 5, 2, 1, 2)]
+        {
+            let net = perturb(ConvNetConfig::new(c_in, c_out, hidden).init(&dev), 0.3, 7);
+            let params = || net.fused_params().expect("a Glow network");
+            let x = randn([n, c_in, h, w], &dev).require_grad();
+            let g = randn([n, c_out, h, w], &dev);
+            let fused = coupling_net(x.clone(), params());
+            let composed = net.composed(x.clone()).unwrap();
+            let size = to_vec(composed.clone().abs().max())[0];
+            assert!(size > 0.1, "the network's output is not trivial");
+            assert!(
+                max_abs_diff(&fused, &composed) < 1e-4 * size.max(1.0),
+                "{n}×{c_in}×{h}×{w}: values differ"
+            );
+
+            let plain = coupling_net(x.clone().inner(), net.valid().fused_params().unwrap());
+            assert!(
+                max_abs_diff(&plain, &composed.clone().inner()) < 1e-4 * size.max(1.0),
+                "values differ outside the autodiff graph"
+            );
+
+            let grads_fused = (fused * g.clone()).sum().backward();
+            let grads_composed = (composed * g).sum().backward();
+            let (a, b) = (
+                x.grad(&grads_fused).unwrap(),
+                x.grad(&grads_composed).unwrap(),
+            );
+            assert!(
+                relative_error(&to_vec(a), &to_vec(b)) < 1e-4,
+                "gradient of the input differs"
+            );
+            let ours = param_grads(&net, &grads_fused);
+            let theirs = param_grads(&net, &grads_composed);
+            assert_eq!(ours.len(), 9, "every parameter of the network is compared");
+            for ((shape, a), (_, b)) in ours.iter().zip(&theirs) {
+                assert!(b.iter().any(|v| *v != 0.0), "{shape:?}: zero gradient");
+                let e = relative_error(a, b);
+                assert!(e < 1e-4, "{shape:?}: gradient differs (relative {e})");
+            }
+        }
+    }
+
+    #[test]
+    fn class_channels_and_the_switch_route_through_the_same_network() {
+        use crate::flow::Cond;
+        use crate::nets::Conditioner;
+        let dev = ad();
+        let net = perturb(
+            ConvNetConfig::new(2, 4, 8).with_classes(3).init(&dev),
+            0.3,
+            5,
+        );
+        let x = randn([2, 2, 4, 4], &dev);
+        let y = one_hot(&[0, 2], 3, &dev);
+        let cond: Cond = Some(&y);
+        assert!(applies(&dev) && applies(&device()));
+        let out = net.forward(x.clone(), cond).unwrap();
+        let with_classes = Tensor::cat(
+            vec![x, y.clone().reshape([2, 3, 1, 1]).expand([2, 3, 4, 4])],
+            1,
+        );
+        let composed = net.composed(with_classes).unwrap();
+        assert!(max_abs_diff(&out, &composed) < 1e-4);
+    }
+}
