@@ -37,18 +37,18 @@ impl Dims {
 }
 
 /// The network's parameters, in burn's layouts (convolution weights `[out, in, k, k]`).
-#[derive(Debug, Clone)]
-pub struct Params {
-    pub w1: Vec<f32>,
-    pub log_s1: Vec<f32>,
-    pub b1: Vec<f32>,
-    pub w2: Vec<f32>,
-    pub log_s2: Vec<f32>,
-    pub b2: Vec<f32>,
-    pub w3: Vec<f32>,
-    pub b3: Vec<f32>,
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a> {
+    pub w1: &'a [f32],
+    pub log_s1: &'a [f32],
+    pub b1: &'a [f32],
+    pub w2: &'a [f32],
+    pub log_s2: &'a [f32],
+    pub b2: &'a [f32],
+    pub w3: &'a [f32],
+    pub b3: &'a [f32],
     /// The zero conv's output scale is `exp(3·log_s3)`.
-    pub log_s3: Vec<f32>,
+    pub log_s3: &'a [f32],
 }
 
 /// What the backward pass needs from the forward pass.
@@ -64,7 +64,15 @@ pub struct Saved {
 #[derive(Debug)]
 pub struct Grads {
     pub x: Vec<f32>,
-    pub params: Params,
+    pub w1: Vec<f32>,
+    pub log_s1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub log_s2: Vec<f32>,
+    pub b2: Vec<f32>,
+    pub w3: Vec<f32>,
+    pub b3: Vec<f32>,
+    pub log_s3: Vec<f32>,
 }
 
 /// A matrix view into row-major memory, possibly transposed.
@@ -100,52 +108,81 @@ impl View<'_> {
     }
 }
 
-/// `a·b` into a new row-major matrix.
+/// `a·b` into a new row-major matrix, the product split across threads when it is large.
 fn matmul(a: View, b: View) -> Vec<f32> {
+    let mut out = uninit(a.rows * b.cols);
+    // Small products are quicker on one thread than split across the pool.
+    let parallel = a.rows * b.cols * a.cols >= 1 << 18;
+    product(&mut out, a, b, parallel);
+    // SAFETY: `product` wrote every value.
+    unsafe { assume_init(out) }
+}
+
+/// A buffer for [`product`] to fill: zeroing it first would be a wasted pass (5 % of a step).
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit values need no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// # Safety
+/// Every value of `v` has been written.
+unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<f32> has the layout of f32, and the caller vouches for the values.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// `out = a·b` (row-major), writing every value of `out`; returns it as initialised values.
+fn product<'o>(out: &'o mut [MaybeUninit<f32>], a: View, b: View, parallel: bool) -> &'o mut [f32] {
     assert_eq!(a.cols, b.rows, "matrix product: inner sizes differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    if m * n * k == 0 {
-        return vec![0.0; m * n];
+    assert_eq!(out.len(), m * n, "matrix product: output size");
+    if k == 0 {
+        out.fill(MaybeUninit::new(0.0));
+    } else if m * n > 0 {
+        let parallelism = if parallel {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the views were built over slices holding rows·cols values with these strides
+        // (checked in `mat`), `out` holds m·n values, and nothing aliases it. With read_dst
+        // false the product writes every value of `out` without reading it.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                a.data.as_ptr(),
+                a.col_stride,
+                a.row_stride,
+                b.data.as_ptr(),
+                b.col_stride,
+                b.row_stride,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
     }
-    // Left unfilled: the product overwrites every value (zeroing first cost 5 % of a step).
-    let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
-    // SAFETY: MaybeUninit needs no initialisation.
-    unsafe { out.set_len(m * n) };
-    // Small products are quicker on one thread than split across the pool.
-    let parallelism = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the views were built over slices holding rows·cols values with these strides
-    // (checked above and in `mat`), and `out` holds m·n values; nothing aliases `out`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr().cast::<f32>(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.col_stride,
-            a.row_stride,
-            b.data.as_ptr(),
-            b.col_stride,
-            b.row_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    // SAFETY: every value was written by the product (read_dst = false, k > 0), and
-    // MaybeUninit<f32> has the layout of f32.
-    let mut out = std::mem::ManuallyDrop::new(out);
-    unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) }
+    // SAFETY: every value was written above; MaybeUninit<f32> has the layout of f32.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Rows per task when the forward pass runs block by block: enough blocks for every thread,
+/// each small enough that its hidden activations stay in cache between the products.
+fn block_rows(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads())
+        .clamp(16, 256)
 }
 
 /// Rows per parallel task in the element-wise passes.
@@ -266,14 +303,11 @@ fn times(a: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// `h ← relu(h + bias)` row by row.
 fn bias_relu(h: &mut [f32], bias: &[f32]) {
-    let c = bias.len();
-    h.par_chunks_mut(BLOCK * c).for_each(|block| {
-        for row in block.chunks_mut(c) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = (*v + b).max(0.0);
-            }
+    for row in h.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = (*v + b).max(0.0);
         }
-    });
+    }
 }
 
 /// Back through `h = relu((m + b)·s)` with `s = exp(log_s)`: turns `dh` (∂L/∂h) into ∂L/∂m in
@@ -313,26 +347,41 @@ fn add(mut a: Vec<f32>, b: &[f32]) -> Vec<f32> {
 
 /// The network's output (NCHW, `c_out` channels) for `x` (NCHW, `c_in` channels), and what
 /// the backward pass needs when `keep` is set.
-pub fn forward(x: &[f32], d: Dims, p: &Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
+pub fn forward(x: &[f32], d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
     let (rows, hidden) = (d.rows(), d.hidden);
-    let (s1, s2, s3) = (
-        exp(&p.log_s1, 1.0),
-        exp(&p.log_s2, 1.0),
-        exp(&p.log_s3, 3.0),
+    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
+
+    let (c_in, c_out) = (d.c_in, d.c_out);
+    let a1 = im2col(x, d, c_in, 1);
+    let (w1, b1) = (taps_by_input(p.w1, hidden, c_in, &s1), times(p.b1, &s1));
+    let (w2, b2) = (
+        transposed_scaled(p.w2, hidden, hidden, &s2),
+        times(p.b2, &s2),
     );
+    let w3 = taps_by_output(p.w3, c_out, hidden, &s3);
 
-    let a1 = im2col(x, d, d.c_in, 1);
-    let w1 = taps_by_input(&p.w1, hidden, d.c_in, &s1);
-    let mut h1 = matmul(mat(&a1, rows, 9 * d.c_in), mat(&w1, 9 * d.c_in, hidden));
-    bias_relu(&mut h1, &times(&p.b1, &s1));
-
-    let w2 = transposed_scaled(&p.w2, hidden, hidden, &s2);
-    let mut h2 = matmul(mat(&h1, rows, hidden), mat(&w2, hidden, hidden));
-    bias_relu(&mut h2, &times(&p.b2, &s2));
-
-    let w3 = taps_by_output(&p.w3, d.c_out, hidden, &s3);
-    let z = matmul(mat(&h2, rows, hidden), mat(&w3, hidden, 9 * d.c_out));
-    let out = col2im(&z, d, d.c_out, 1, &times(&p.b3, &s3));
+    // Everything up to the zero conv's per-tap products is row by row, so it runs in blocks
+    // of rows, in parallel, each block's activations still in cache from one product to the
+    // next.
+    let block = block_rows(rows);
+    let (mut h1, mut h2) = (uninit(rows * hidden), uninit(rows * hidden));
+    let mut z = uninit(rows * 9 * c_out);
+    h1.par_chunks_mut(block * hidden)
+        .zip(h2.par_chunks_mut(block * hidden))
+        .zip(z.par_chunks_mut(block * 9 * c_out))
+        .enumerate()
+        .for_each(|(i, ((h1, h2), z))| {
+            let n = h1.len() / hidden;
+            let a1 = &a1[i * block * 9 * c_in..][..n * 9 * c_in];
+            let h1 = product(h1, mat(a1, n, 9 * c_in), mat(&w1, 9 * c_in, hidden), false);
+            bias_relu(h1, &b1);
+            let h2 = product(h2, mat(h1, n, hidden), mat(&w2, hidden, hidden), false);
+            bias_relu(h2, &b2);
+            product(z, mat(h2, n, hidden), mat(&w3, hidden, 9 * c_out), false);
+        });
+    // SAFETY: the blocks cover the buffers, and `product` wrote every value of each.
+    let (h1, h2, z) = unsafe { (assume_init(h1), assume_init(h2), assume_init(z)) };
+    let out = col2im(&z, d, d.c_out, 1, &times(p.b3, &s3));
 
     let saved = keep.then(|| Saved {
         a1,
@@ -344,13 +393,9 @@ pub fn forward(x: &[f32], d: Dims, p: &Params, keep: bool) -> (Vec<f32>, Option<
 }
 
 /// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
-pub fn backward(grad_out: &[f32], d: Dims, p: &Params, saved: &Saved, with_x: bool) -> Grads {
+pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
     let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);
-    let (s1, s2, s3) = (
-        exp(&p.log_s1, 1.0),
-        exp(&p.log_s2, 1.0),
-        exp(&p.log_s3, 3.0),
-    );
+    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
     let plane = d.h * d.w;
 
     // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out.
@@ -368,17 +413,17 @@ pub fn backward(grad_out: &[f32], d: Dims, p: &Params, saved: &Saved, with_x: bo
     let dz = im2col(&g, d, c_out, -1);
     let w3_by_tap = matmul(mat(&saved.h2, rows, hidden).t(), mat(&dz, rows, 9 * c_out));
     let ones = vec![1.0f32; hidden.max(c_out)];
-    let w3 = taps_by_output(&p.w3, c_out, hidden, &ones[..c_out]);
+    let w3 = taps_by_output(p.w3, c_out, hidden, &ones[..c_out]);
     let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w3, hidden, 9 * c_out).t());
 
     let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &s2);
     let w2 = matmul(mat(&dh2, rows, hidden).t(), mat(&saved.h1, rows, hidden));
-    let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(&p.w2, hidden, hidden));
+    let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(p.w2, hidden, hidden));
 
     let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &s1);
     let w1_by_tap = matmul(mat(&saved.a1, rows, 9 * c_in).t(), mat(&dh1, rows, hidden));
     let x = if with_x {
-        let w1 = taps_by_input(&p.w1, hidden, c_in, &ones[..hidden]);
+        let w1 = taps_by_input(p.w1, hidden, c_in, &ones[..hidden]);
         let da1 = matmul(mat(&dh1, rows, hidden), mat(&w1, 9 * c_in, hidden).t());
         col2im(&da1, d, c_in, -1, &[])
     } else {
@@ -387,17 +432,15 @@ pub fn backward(grad_out: &[f32], d: Dims, p: &Params, saved: &Saved, with_x: bo
 
     Grads {
         x,
-        params: Params {
-            w1: untap_by_input(&w1_by_tap, hidden, c_in),
-            log_s1,
-            b1,
-            w2,
-            log_s2,
-            b2,
-            w3: untap_by_output(&w3_by_tap, c_out, hidden),
-            b3,
-            log_s3,
-        },
+        w1: untap_by_input(&w1_by_tap, hidden, c_in),
+        log_s1,
+        b1,
+        w2,
+        log_s2,
+        b2,
+        w3: untap_by_output(&w3_by_tap, c_out, hidden),
+        b3,
+        log_s3,
     }
 }
 

@@ -93,44 +93,63 @@ pub trait CouplingNetOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn values(t: FlexTensor) -> Vec<f32> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .expect("the fused coupling network takes f32 tensors")
+/// The operation's ten inputs (in its argument order) as contiguous f32 tensors, and the sizes
+/// they imply.
+#[derive(Debug, Clone)]
+struct Inputs {
+    dims: Dims,
+    tensors: [FlexTensor; 10],
 }
 
-fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
+impl Inputs {
+    fn new(tensors: [FlexTensor; 10]) -> Self {
+        let tensors = tensors.map(|t| match t.as_slice::<f32>() {
+            Some(_) => t,
+            None => t.to_contiguous(),
+        });
+        let [n, c_in, h, w] = tensors[0].shape().dims();
+        let dims = Dims {
+            n,
+            c_in,
+            hidden: tensors[1].shape()[0],
+            c_out: tensors[7].shape()[0],
+            h,
+            w,
+        };
+        Inputs { dims, tensors }
+    }
 
-/// Sizes and parameter values from the operation's ten inputs (in its argument order).
-fn unpack(inputs: [FlexTensor; 10]) -> (Dims, Vec<f32>, Params) {
-    let [n, c_in, h, w] = inputs[0].shape().dims();
-    let dims = Dims {
-        n,
-        c_in,
-        hidden: inputs[1].shape()[0],
-        c_out: inputs[7].shape()[0],
-        h,
-        w,
-    };
-    let [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3] = inputs.map(values);
-    let params = Params {
-        w1,
-        log_s1,
-        b1,
-        w2,
-        log_s2,
-        b2,
-        w3,
-        b3,
-        log_s3,
-    };
-    (dims, x, params)
-}
+    fn slice(&self, i: usize) -> &[f32] {
+        self.tensors[i]
+            .as_slice::<f32>()
+            .expect("the fused coupling network takes f32 tensors")
+    }
 
-fn output_shape(d: Dims) -> [usize; 4] {
-    [d.n, d.c_out, d.h, d.w]
+    fn x(&self) -> &[f32] {
+        self.slice(0)
+    }
+
+    fn params(&self) -> Params<'_> {
+        Params {
+            w1: self.slice(1),
+            log_s1: self.slice(2),
+            b1: self.slice(3),
+            w2: self.slice(4),
+            log_s2: self.slice(5),
+            b2: self.slice(6),
+            w3: self.slice(7),
+            b3: self.slice(8),
+            log_s3: self.slice(9),
+        }
+    }
+
+    /// The network's output on these inputs, and what the backward pass needs if `keep`.
+    fn forward(&self, keep: bool) -> (FlexTensor, Option<Saved>) {
+        let d = self.dims;
+        let (out, saved) = kernels::forward(self.x(), d, self.params(), keep);
+        let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h, d.w]));
+        (out, saved)
+    }
 }
 
 impl CouplingNetOps for Flex {
@@ -146,9 +165,9 @@ impl CouplingNetOps for Flex {
         b3: FlexTensor,
         log_s3: FlexTensor,
     ) -> FlexTensor {
-        let (d, x, p) = unpack([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3]);
-        let (out, _) = kernels::forward(&x, d, &p, false);
-        tensor(out, output_shape(d))
+        Inputs::new([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3])
+            .forward(false)
+            .0
     }
 }
 
@@ -157,25 +176,27 @@ impl CouplingNetOps for Flex {
 struct CouplingNetBackward;
 
 impl Backward<Flex, 10> for CouplingNetBackward {
-    type State = (Dims, Params, Saved);
+    type State = (Inputs, Saved);
 
     fn backward(self, ops: Ops<Self::State, 10>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (d, p, saved) = ops.state;
-        let grad_out = values(grads.consume::<Flex>(&ops.node));
-        let g = kernels::backward(&grad_out, d, &p, &saved, ops.parents[0].is_some());
+        let (inputs, saved) = ops.state;
+        let d = inputs.dims;
+        let grad_out = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let grad_out = grad_out.as_slice::<f32>().expect("an f32 gradient");
+        let with_x = ops.parents[0].is_some();
+        let g = kernels::backward(grad_out, d, inputs.params(), &saved, with_x);
         let (h, c, o) = (d.hidden, d.c_in, d.c_out);
-        let q = g.params;
         let results: [(Vec<f32>, Vec<usize>); 10] = [
             (g.x, vec![d.n, c, d.h, d.w]),
-            (q.w1, vec![h, c, 3, 3]),
-            (q.log_s1, vec![h]),
-            (q.b1, vec![h]),
-            (q.w2, vec![h, h, 1, 1]),
-            (q.log_s2, vec![h]),
-            (q.b2, vec![h]),
-            (q.w3, vec![o, h, 3, 3]),
-            (q.b3, vec![o]),
-            (q.log_s3, vec![o]),
+            (g.w1, vec![h, c, 3, 3]),
+            (g.log_s1, vec![h]),
+            (g.b1, vec![h]),
+            (g.w2, vec![h, h, 1, 1]),
+            (g.log_s2, vec![h]),
+            (g.b2, vec![h]),
+            (g.w3, vec![o, h, 3, 3]),
+            (g.b3, vec![o]),
+            (g.log_s3, vec![o]),
         ];
         for (parent, (v, shape)) in ops.parents.into_iter().zip(results) {
             if let Some(node) = parent {
@@ -201,21 +222,18 @@ impl<C: CheckpointStrategy> CouplingNetOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let inputs = [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3];
         let nodes = inputs.each_ref().map(|t| t.node());
-        let (d, x, p) = unpack(inputs.map(|t| t.into_primitive()));
+        let inputs = Inputs::new(inputs.map(|t| t.into_primitive()));
         match CouplingNetBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = kernels::forward(&x, d, &p, true);
+                let (out, saved) = inputs.forward(true);
                 let saved = saved.expect("kept for the backward pass");
-                prep.finish((d, p, saved), tensor(out, output_shape(d)))
+                prep.finish((inputs, saved), out)
             }
-            OpsKind::UnTracked(prep) => {
-                let (out, _) = kernels::forward(&x, d, &p, false);
-                prep.finish(tensor(out, output_shape(d)))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(inputs.forward(false).0),
         }
     }
 }
