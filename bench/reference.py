@@ -5,7 +5,7 @@ It exists for two things: a numerical cross-check (revflow's log-likelihoods rep
 its saved weights) and a side-by-side benchmark (the same model timed in PyTorch).
 
     python bench/reference.py check DIR
-    python bench/reference.py time DIR --threads T --batch B --iters I
+    python bench/reference.py time DIR --threads T --batch B --iters I [--device cuda]
     python bench/reference.py selftest
 
 DIR is what `revflow bench --export DIR` writes: config.json, model.safetensors,
@@ -643,6 +643,10 @@ def cmd_time(args):
     batch = args.batch or cfg.get("batch") or len(pixels)
     x = pixels[torch.arange(batch) % len(pixels)].contiguous()  # the file's rows, repeated
     dims = model.dims
+    device = torch.device(args.device)
+    model, x = model.to(device), x.to(device)
+    # A GPU queues work: each timed call waits for its own kernels.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     # As revflow's bench: burn's Adam defaults (β 0.9, 0.999, ε 1e-5), lr 1e-3, no decay/clip.
     model.train()
@@ -653,14 +657,17 @@ def cmd_time(args):
         loss = -model.log_prob(x, noise=True).mean() / (dims * math.log(2))
         loss.backward()
         optimizer.step()
+        sync()
 
     def evaluate():
         with torch.no_grad():
             model.log_prob(x, noise=False)
+        sync()
 
     def sample():
         with torch.no_grad():
             model.sample(batch, 1.0)
+        sync()
 
     train_ms = median_ms(args.iters, train_step)
     model.eval()
@@ -670,7 +677,7 @@ def cmd_time(args):
         "train_ms": round(train_ms, 3), "eval_ms": round(eval_ms, 3), "sample_ms": round(sample_ms, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1), "threads": args.threads, "batch": batch,
         "import_rss_mb": round(import_rss, 1),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "device": str(device),
     }))
     return 0
 
@@ -866,6 +873,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch", type=int, default=None, help="default: the exported batch size")
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for an NVIDIA GPU")
     sub.add_parser("selftest", help="invertibility, autograd log-dets and weight names, no revflow needed")
     args = parser.parse_args(argv)
     return {"check": cmd_check, "time": cmd_time, "selftest": cmd_selftest}[args.command](args)

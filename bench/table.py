@@ -18,7 +18,11 @@ for c in configs:
     )
     # The same FLOP count for both: revflow's, from the model's convolutions.
     flop = rust["train_gflops"] * rust["train_ms"]
+    gemm = measured.get("gemm_1024_gflops")
+    yardstick = f"; a 1024×1024 matrix product in revflow reaches {gemm:.1f}" if gemm else ""
     print(
-        f"{c:<8} training step GFLOP/s: revflow {rust['train_gflops']:.1f}, PyTorch {flop / torch['train_ms']:.1f}; "
-        f"a 1024×1024 matrix product in revflow reaches {measured['gemm_1024_gflops']:.1f}"
+        f"{c:<8} training step GFLOP/s: revflow {rust['train_gflops']:.1f}, "
+        f"PyTorch {flop / torch['train_ms']:.1f}{yardstick}"
     )
+    if "logp_vs_cpu" in rust:  # a GPU run: its log p against revflow's CPU backend
+        print(f"{c:<8} revflow log p on {measured['device']} vs its CPU backend: max relative difference {rust['logp_vs_cpu']:.1e}")

@@ -8,6 +8,7 @@ mod use_model;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use revflow::device::Backend;
 use revflow::FlowError;
 
 /// Reversible (flow-based) generative models: NICE, RealNVP and Glow.
@@ -88,6 +89,10 @@ struct BenchArgs {
     /// operation, to measure what the fusion brings.
     #[arg(long)]
     unfused: bool,
+    /// Where to run: cpu, or a GPU with wgpu (Vulkan/Metal/DirectX) or cuda; the GPU backends
+    /// need revflow built with `--features wgpu` or `--features cuda` (see bench/README.md).
+    #[arg(long, default_value = "cpu")]
+    device: Backend,
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
@@ -126,7 +131,7 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
         "config", "batch", "train ms", "eval ms", "sample ms", "train GFLOP/s", "peak MiB"
     )];
     for config in &chosen {
-        let t = revflow::bench::run(config, args.iters)?;
+        let t = revflow::bench::run(config, args.iters, args.device)?;
         // One process times every scaling row, so its peak memory is the largest so far.
         let peak = match args.scaling {
             true => "-".to_string(),
@@ -136,14 +141,30 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
             "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9}",
             t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.train_gflops, peak
         ));
+        if let Some(d) = t.logp_vs_cpu {
+            lines.push(format!(
+                "{:<9} log p on {} vs cpu: max relative difference {d:.1e}",
+                t.config, args.device
+            ));
+        }
         rows.push(t);
     }
-    // The yardstick: what gemm reaches on one large product on this machine.
-    let gemm = revflow::bench::gemm_gflops(1024, args.iters)?;
-    lines.push(format!("1024×1024 matrix product: {gemm:.1} GFLOP/s"));
+    // The yardstick for the CPU's FLOP/s: what gemm reaches on one large product here.
+    let gemm = match args.device {
+        Backend::Cpu => Some(revflow::bench::gemm_gflops(1024, args.iters)?),
+        _ => None,
+    };
+    match gemm {
+        Some(g) => lines.push(format!("1024×1024 matrix product: {g:.1} GFLOP/s")),
+        None => lines.push(format!("device: {}", args.device)),
+    }
     Ok(Report {
         human: lines.join("\n"),
-        json: serde_json::json!({"rows": rows, "gemm_1024_gflops": gemm}),
+        json: serde_json::json!({
+            "rows": rows,
+            "gemm_1024_gflops": gemm,
+            "device": args.device.to_string(),
+        }),
     })
 }
 

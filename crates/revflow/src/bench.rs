@@ -10,6 +10,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::device::Backend;
 use crate::error::{FlowError, Result};
 use crate::models::{GlowConfig, Model, ModelConfig};
 use crate::rng::Rng;
@@ -128,6 +129,9 @@ pub struct Timings {
     /// FLOP/s of the training step, counting it as 3 forward passes (forward + backward).
     pub train_gflops: f64,
     pub peak_rss_mb: f64,
+    /// On a GPU: the largest relative difference of its log p from the CPU backend's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logp_vs_cpu: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -206,9 +210,10 @@ fn setup(config: &BenchConfig, device: &Device) -> Result<(Model, Tensor<2>)> {
     Ok((jitter(model, std, 11), x))
 }
 
-/// Times a training step, likelihood evaluation and sampling of `config`.
-pub fn run(config: &BenchConfig, iters: usize) -> Result<Timings> {
-    let device = Device::flex().autodiff();
+/// Times a training step, likelihood evaluation and sampling of `config` on `backend`.
+pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timings> {
+    let plain = backend.device()?;
+    let device = plain.clone().autodiff();
     device.seed(3);
     let (mut model, x) = setup(config, &device)?;
     let dims = config.glow.shape.iter().product::<usize>() as f64;
@@ -218,10 +223,13 @@ pub fn run(config: &BenchConfig, iters: usize) -> Result<Timings> {
         let loss = log_p.neg().mean() / (dims * std::f64::consts::LN_2);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-3, model.clone(), grads);
+        // A GPU queues work: wait for the step to finish inside its own timing.
+        plain
+            .sync()
+            .map_err(|e| FlowError::Training(format!("device: {e:?}")))?;
         Ok(())
     })?;
     let inference = model.valid();
-    let plain = Device::flex();
     let x = x.inner();
     let eval_ms = time(iters, || {
         let (log_p, _) = inference.log_prob(x.clone(), None, false)?;
@@ -234,6 +242,10 @@ pub fn run(config: &BenchConfig, iters: usize) -> Result<Timings> {
             .into_data();
         Ok(())
     })?;
+    let logp_vs_cpu = match backend {
+        Backend::Cpu => None,
+        _ => Some(difference_from_cpu(&inference, x)?),
+    };
     Ok(Timings {
         config: config.name.to_string(),
         batch: config.batch,
@@ -242,7 +254,29 @@ pub fn run(config: &BenchConfig, iters: usize) -> Result<Timings> {
         sample_ms,
         train_gflops: 3.0 * forward_flops(&config.glow, config.batch) / (train_ms * 1e-3) / 1e9,
         peak_rss_mb: peak_rss_mb(),
+        logp_vs_cpu,
     })
+}
+
+/// Largest relative difference between `model`'s log p of `x` on its device and on the CPU
+/// backend, with the same weights: a GPU timing is only worth reading if this is small.
+fn difference_from_cpu(model: &Model, x: Tensor<2>) -> Result<f64> {
+    let cpu = Device::flex();
+    let values = |t: Tensor<1>| -> Vec<f64> {
+        let v = t.into_data().try_to_vec_as::<f32>().unwrap_or_default();
+        v.into_iter().map(f64::from).collect()
+    };
+    let here = values(model.log_prob(x.clone(), None, false)?.0);
+    let there = model
+        .clone()
+        .to_device(&cpu)
+        .log_prob(x.to_device(&cpu), None, false)?;
+    let there = values(there.0);
+    Ok(here
+        .iter()
+        .zip(&there)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-12))
+        .fold(0.0, f64::max))
 }
 
 /// Writes `config.json`, `model.safetensors` (data-initialised, jittered weights),

@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod conv;
 pub mod data;
+pub mod device;
 pub mod distributions;
 pub mod error;
 pub mod figures;
