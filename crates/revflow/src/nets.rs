@@ -6,7 +6,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
 use crate::conv::conv_same;
-use crate::fused::{self, NetParams};
+use crate::fused;
+use burn::backend::Dispatch;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -177,22 +178,22 @@ impl ConvNet {
 
     /// The network's parameters for [`fused::coupling_net`], when its layers have the
     /// expected form (bias only in the zero conv, 3×3 / 1×1 / 3×3 kernels).
-    pub(crate) fn fused_params(&self) -> Option<NetParams> {
+    pub(crate) fn fused_weights(&self) -> Option<fused::Weights<Dispatch>> {
         let k = |c: &Conv2d| c.weight.dims()[2];
         let plain = self.conv1.bias.is_none() && self.conv2.bias.is_none();
         if !plain || (k(&self.conv1), k(&self.conv2), k(&self.out.conv)) != (3, 1, 3) {
             return None;
         }
-        Some(NetParams {
-            w1: self.conv1.weight.val(),
-            log_s1: self.norm1.log_scale.val(),
-            b1: self.norm1.bias.val(),
-            w2: self.conv2.weight.val(),
-            log_s2: self.norm2.log_scale.val(),
-            b2: self.norm2.bias.val(),
-            w3: self.out.conv.weight.val(),
-            b3: self.out.conv.bias.as_ref()?.val(),
-            log_s3: self.out.log_scale.val(),
+        Some(fused::Weights {
+            w1: self.conv1.weight.val().into_dispatch(),
+            log_s1: self.norm1.log_scale.val().into_dispatch(),
+            b1: self.norm1.bias.val().into_dispatch(),
+            w2: self.conv2.weight.val().into_dispatch(),
+            log_s2: self.norm2.log_scale.val().into_dispatch(),
+            b2: self.norm2.bias.val().into_dispatch(),
+            w3: self.out.conv.weight.val().into_dispatch(),
+            b3: self.out.conv.bias.as_ref()?.val().into_dispatch(),
+            log_s3: self.out.log_scale.val().into_dispatch(),
         })
     }
 }
@@ -201,8 +202,8 @@ impl Conditioner<4> for ConvNet {
     fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
         let x = with_cond(x, cond, self.classes)?;
         if fused::applies(&x.device()) {
-            if let Some(params) = self.fused_params() {
-                return Ok(fused::coupling_net(x, params));
+            if let Some(weights) = self.fused_weights() {
+                return Ok(fused::coupling_net(x, weights));
             }
         }
         self.composed(x)

@@ -18,7 +18,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::TensorMetadata;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex};
+use burn::backend::{
+    backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use kernels::{Dims, Params, Saved};
@@ -40,56 +42,50 @@ pub fn applies(device: &Device) -> bool {
         )
 }
 
-/// The parameters of a Glow coupling network, as the fused operation takes them.
-pub struct NetParams {
+/// The parameters of a Glow coupling network, as the fused operation takes them (tensors of one
+/// backend; `Weights<Dispatch>` at the call site).
+#[derive(ExtensionType)]
+pub struct Weights<B: Backend> {
     /// conv3×3 `[hidden, c_in, 3, 3]`, no bias.
-    pub w1: Tensor<4>,
-    pub log_s1: Tensor<1>,
-    pub b1: Tensor<1>,
+    pub w1: FloatTensor<B>,
+    pub log_s1: FloatTensor<B>,
+    pub b1: FloatTensor<B>,
     /// conv1×1 `[hidden, hidden, 1, 1]`, no bias.
-    pub w2: Tensor<4>,
-    pub log_s2: Tensor<1>,
-    pub b2: Tensor<1>,
+    pub w2: FloatTensor<B>,
+    pub log_s2: FloatTensor<B>,
+    pub b2: FloatTensor<B>,
     /// zero conv3×3 `[c_out, hidden, 3, 3]` with bias `b3`, output scaled by `exp(3·log_s3)`.
-    pub w3: Tensor<4>,
-    pub b3: Tensor<1>,
-    pub log_s3: Tensor<1>,
+    pub w3: FloatTensor<B>,
+    pub b3: FloatTensor<B>,
+    pub log_s3: FloatTensor<B>,
+}
+
+impl<B: Backend> Weights<B> {
+    /// `x` and the weights in the operation's order.
+    fn with_input(self, x: FloatTensor<B>) -> [FloatTensor<B>; 10] {
+        let w = self;
+        [
+            x, w.w1, w.log_s1, w.b1, w.w2, w.log_s2, w.b2, w.w3, w.b3, w.log_s3,
+        ]
+    }
 }
 
 /// conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3 on `x` (NCHW), in one
 /// operation. Only for devices where [`applies`] is true.
-pub fn coupling_net(x: Tensor<4>, p: NetParams) -> Tensor<4> {
-    let out = <Dispatch as CouplingNetOps>::glow_coupling_net(
+pub fn coupling_net(x: Tensor<4>, weights: Weights<Dispatch>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CouplingNetOps>::glow_coupling_net(
         x.into_dispatch(),
-        p.w1.into_dispatch(),
-        p.log_s1.into_dispatch(),
-        p.b1.into_dispatch(),
-        p.w2.into_dispatch(),
-        p.log_s2.into_dispatch(),
-        p.b2.into_dispatch(),
-        p.w3.into_dispatch(),
-        p.b3.into_dispatch(),
-        p.log_s3.into_dispatch(),
-    );
-    Tensor::from_dispatch(out)
+        weights,
+    ))
 }
 
 /// The fused network as a burn backend extension: implemented for the CPU backend and for
 /// autodiff on top of it.
 #[backend_extension(Flex, Autodiff)]
 pub trait CouplingNetOps: Backend {
-    #[allow(clippy::too_many_arguments)]
     fn glow_coupling_net(
         x: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        log_s1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        log_s2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        w3: FloatTensor<Self>,
-        b3: FloatTensor<Self>,
-        log_s3: FloatTensor<Self>,
+        #[extension_type] weights: Weights<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -153,21 +149,8 @@ impl Inputs {
 }
 
 impl CouplingNetOps for Flex {
-    fn glow_coupling_net(
-        x: FlexTensor,
-        w1: FlexTensor,
-        log_s1: FlexTensor,
-        b1: FlexTensor,
-        w2: FlexTensor,
-        log_s2: FlexTensor,
-        b2: FlexTensor,
-        w3: FlexTensor,
-        b3: FlexTensor,
-        log_s3: FlexTensor,
-    ) -> FlexTensor {
-        Inputs::new([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3])
-            .forward(false)
-            .0
+    fn glow_coupling_net(x: FlexTensor, weights: Weights<Self>) -> FlexTensor {
+        Inputs::new(weights.with_input(x)).forward(false).0
     }
 }
 
@@ -208,19 +191,8 @@ impl Backward<Flex, 10> for CouplingNetBackward {
 }
 
 impl<C: CheckpointStrategy> CouplingNetOps for Autodiff<Flex, C> {
-    fn glow_coupling_net(
-        x: FloatTensor<Self>,
-        w1: FloatTensor<Self>,
-        log_s1: FloatTensor<Self>,
-        b1: FloatTensor<Self>,
-        w2: FloatTensor<Self>,
-        log_s2: FloatTensor<Self>,
-        b2: FloatTensor<Self>,
-        w3: FloatTensor<Self>,
-        b3: FloatTensor<Self>,
-        log_s3: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let inputs = [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3];
+    fn glow_coupling_net(x: FloatTensor<Self>, weights: Weights<Self>) -> FloatTensor<Self> {
+        let inputs = weights.with_input(x);
         let nodes = inputs.each_ref().map(|t| t.node());
         let inputs = Inputs::new(inputs.map(|t| t.into_primitive()));
         match CouplingNetBackward
@@ -281,10 +253,10 @@ mod tests {
             [(2, 3, 8, 6, 5, 4), (1, 2, 16, 4, 3, 3), (3, 6, 5, 2, 1, 2)]
         {
             let net = perturb(ConvNetConfig::new(c_in, c_out, hidden).init(&dev), 0.3, 7);
-            let params = || net.fused_params().expect("a Glow network");
+            let weights = || net.fused_weights().expect("a Glow network");
             let x = randn([n, c_in, h, w], &dev).require_grad();
             let g = randn([n, c_out, h, w], &dev);
-            let fused = coupling_net(x.clone(), params());
+            let fused = coupling_net(x.clone(), weights());
             let composed = net.composed(x.clone()).unwrap();
             let size = to_vec(composed.clone().abs().max())[0];
             assert!(size > 0.1, "the network's output is not trivial");
@@ -293,7 +265,7 @@ mod tests {
                 "{n}×{c_in}×{h}×{w}: values differ"
             );
 
-            let plain = coupling_net(x.clone().inner(), net.valid().fused_params().unwrap());
+            let plain = coupling_net(x.clone().inner(), net.valid().fused_weights().unwrap());
             assert!(
                 max_abs_diff(&plain, &composed.clone().inner()) < 1e-4 * size.max(1.0),
                 "values differ outside the autodiff graph"
