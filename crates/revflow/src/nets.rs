@@ -20,6 +20,18 @@ use crate::layers::{ActNorm, ActNormConfig};
 pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
     fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
 
+    /// Glow's affine coupling of `x_b` given `x_a`: `(y_b, log σ(r + 2))` with `y_b = (x_b + t)·σ(r + 2)`
+    /// and `(t, r)` this network's output, when the network computes it in one fused
+    /// operation; `None` (the default) when the caller should compose it.
+    fn affine_glow(
+        &self,
+        _x_a: &Tensor<D>,
+        _x_b: &Tensor<D>,
+        _cond: Cond,
+    ) -> Result<Option<(Tensor<D>, Tensor<D>)>> {
+        Ok(None)
+    }
+
     /// Data-dependent initialisation of any ActNorm inside; default: none.
     fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
         let y = self.forward(x, cond)?;
@@ -207,6 +219,22 @@ impl Conditioner<4> for ConvNet {
             }
         }
         self.composed(x)
+    }
+
+    fn affine_glow(
+        &self,
+        x_a: &Tensor<4>,
+        x_b: &Tensor<4>,
+        cond: Cond,
+    ) -> Result<Option<(Tensor<4>, Tensor<4>)>> {
+        let x_a = with_cond(x_a.clone(), cond, self.classes)?;
+        let halves = self.out.log_scale.dims()[0] == 2 * x_b.dims()[1];
+        if !halves || !fused::applies(&x_a.device()) {
+            return Ok(None);
+        }
+        Ok(self
+            .fused_weights()
+            .map(|weights| fused::affine_coupling(x_a, x_b.clone(), weights)))
     }
 
     /// The same path, initialising each ActNorm from the batch as it passes.

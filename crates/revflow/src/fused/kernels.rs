@@ -469,3 +469,67 @@ fn untap_by_output(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     }
     w
 }
+
+/// Glow's affine coupling on top of the network: with `(t, r)` the network's output on `x_a`
+/// (first and second half of its channels), `y_b = (x_b + t)·σ(r + 2)`. Returns `y_b` and
+/// `log σ(r + 2)` (whose sum is the log-determinant) as one NCHW tensor, `y_b` in the first
+/// half of the channels; and, if `keep`, what [`affine_backward`] needs.
+pub fn affine_forward(
+    x_a: &[f32],
+    x_b: &[f32],
+    d: Dims,
+    p: Params,
+    keep: bool,
+) -> (Vec<f32>, Option<Saved>) {
+    let (h, saved) = forward(x_a, d, p, keep);
+    let plane = d.c_out / 2 * d.h * d.w; // one image's channels of x_b
+    let mut out = vec![0.0f32; h.len()];
+    out.par_chunks_mut(2 * plane)
+        .zip(h.par_chunks(2 * plane))
+        .zip(x_b.par_chunks(plane))
+        .for_each(|((out, h), x_b)| {
+            let (y, log_s) = out.split_at_mut(plane);
+            let (t, r) = h.split_at(plane);
+            for i in 0..plane {
+                let z = r[i] + 2.0;
+                // log σ(z) = −log(1 + e^(−z)), computed without overflow for either sign.
+                let ls = z.min(0.0) - (-z.abs()).exp().ln_1p();
+                log_s[i] = ls;
+                y[i] = (x_b[i] + t[i]) * ls.exp();
+            }
+        });
+    (out, saved)
+}
+
+/// Gradients of [`affine_forward`] for `grad_out` (same layout as its output): those of
+/// [`backward`], and ∂L/∂x_b.
+pub fn affine_backward(
+    grad_out: &[f32],
+    x_b: &[f32],
+    d: Dims,
+    p: Params,
+    saved: &Saved,
+    with_x: bool,
+) -> (Grads, Vec<f32>) {
+    let plane = d.c_out / 2 * d.h * d.w;
+    let mut grad_net = vec![0.0f32; grad_out.len()];
+    let mut grad_b = vec![0.0f32; x_b.len()];
+    grad_net
+        .par_chunks_mut(2 * plane)
+        .zip(grad_b.par_chunks_mut(plane))
+        .zip(grad_out.par_chunks(2 * plane))
+        .zip(saved.out.par_chunks(2 * plane).zip(x_b.par_chunks(plane)))
+        .for_each(|(((g_net, g_b), g), (h, x_b))| {
+            let (g_t, g_r) = g_net.split_at_mut(plane);
+            let (g_y, g_ls) = g.split_at(plane);
+            let (t, r) = h.split_at(plane);
+            for i in 0..plane {
+                let s = 1.0 / (1.0 + (-(r[i] + 2.0)).exp());
+                // y = (x_b + t)·s, ls = log s, ds/dr = s(1 − s), dls/dr = 1 − s.
+                g_b[i] = g_y[i] * s;
+                g_t[i] = g_y[i] * s;
+                g_r[i] = (g_y[i] * (x_b[i] + t[i]) * s + g_ls[i]) * (1.0 - s);
+            }
+        });
+    (backward(&grad_net, d, p, saved, with_x), grad_b)
+}

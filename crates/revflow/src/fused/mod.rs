@@ -21,7 +21,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::{
     backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex,
 };
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 
 use kernels::{Dims, Params, Saved};
 
@@ -79,30 +79,58 @@ pub fn coupling_net(x: Tensor<4>, weights: Weights<Dispatch>) -> Tensor<4> {
     ))
 }
 
-/// The fused network as a burn backend extension: implemented for the CPU backend and for
+/// Glow's affine coupling of `x_b` given `x_a`, network and coupling in one operation: with
+/// `(t, r)` the network's output on `x_a`, returns `y_b = (x_b + t)·σ(r + 2)` and
+/// `log σ(r + 2)` (the log-determinant's terms). Only for devices where [`applies`] is true.
+pub fn affine_coupling(
+    x_a: Tensor<4>,
+    x_b: Tensor<4>,
+    weights: Weights<Dispatch>,
+) -> (Tensor<4>, Tensor<4>) {
+    let c = x_b.dims()[1];
+    let out: Tensor<4> = Tensor::from_dispatch(<Dispatch as CouplingNetOps>::glow_affine_coupling(
+        x_a.into_dispatch(),
+        x_b.into_dispatch(),
+        weights,
+    ));
+    (out.clone().narrow(1, 0, c), out.narrow(1, c, c))
+}
+
+/// The fused operations as a burn backend extension: implemented for the CPU backend and for
 /// autodiff on top of it.
 #[backend_extension(Flex, Autodiff)]
 pub trait CouplingNetOps: Backend {
+    /// The network's output (shift and raw scale).
     fn glow_coupling_net(
         x: FloatTensor<Self>,
         #[extension_type] weights: Weights<Self>,
     ) -> FloatTensor<Self>;
+
+    /// `y_b` and `log σ(r + 2)` side by side on the channel axis.
+    fn glow_affine_coupling(
+        x_a: FloatTensor<Self>,
+        x_b: FloatTensor<Self>,
+        #[extension_type] weights: Weights<Self>,
+    ) -> FloatTensor<Self>;
 }
 
-/// The operation's ten inputs (in its argument order) as contiguous f32 tensors, and the sizes
-/// they imply.
+/// An operation's inputs as contiguous f32 tensors, in order: the network's input, its nine
+/// weights, and for the affine coupling `x_b`; and the sizes they imply.
 #[derive(Debug, Clone)]
 struct Inputs {
     dims: Dims,
-    tensors: [FlexTensor; 10],
+    tensors: Vec<FlexTensor>,
 }
 
 impl Inputs {
-    fn new(tensors: [FlexTensor; 10]) -> Self {
-        let tensors = tensors.map(|t| match t.as_slice::<f32>() {
-            Some(_) => t,
-            None => t.to_contiguous(),
-        });
+    fn new(tensors: Vec<FlexTensor>) -> Self {
+        let tensors: Vec<FlexTensor> = tensors
+            .into_iter()
+            .map(|t| match t.as_slice::<f32>() {
+                Some(_) => t,
+                None => t.to_contiguous(),
+            })
+            .collect();
         let [n, c_in, h, w] = tensors[0].shape().dims();
         let dims = Dims {
             n,
@@ -121,10 +149,6 @@ impl Inputs {
             .expect("the fused coupling network takes f32 tensors")
     }
 
-    fn x(&self) -> &[f32] {
-        self.slice(0)
-    }
-
     fn params(&self) -> Params<'_> {
         Params {
             w1: self.slice(1),
@@ -139,48 +163,73 @@ impl Inputs {
         }
     }
 
-    /// The network's output on these inputs, and what the backward pass needs if `keep`.
+    /// The affine coupling's `x_b`, if this is that operation.
+    fn x_b(&self) -> Option<&[f32]> {
+        (self.tensors.len() == 11).then(|| self.slice(10))
+    }
+
+    /// The operation's output on these inputs, and what the backward pass needs if `keep`.
     fn forward(&self, keep: bool) -> (FlexTensor, Option<Saved>) {
-        let d = self.dims;
-        let (out, saved) = kernels::forward(self.x(), d, self.params(), keep);
+        let (d, x, p) = (self.dims, self.slice(0), self.params());
+        let (out, saved) = match self.x_b() {
+            None => kernels::forward(x, d, p, keep),
+            Some(x_b) => kernels::affine_forward(x, x_b, d, p, keep),
+        };
         let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h, d.w]));
         (out, saved)
+    }
+
+    /// Gradients for every input, in order, with their shapes.
+    fn backward(&self, grad_out: &[f32], saved: &Saved, with_x: bool) -> Vec<(Vec<f32>, Shape)> {
+        let (d, p) = (self.dims, self.params());
+        let (g, g_b) = match self.x_b() {
+            None => (kernels::backward(grad_out, d, p, saved, with_x), None),
+            Some(x_b) => {
+                let (g, g_b) = kernels::affine_backward(grad_out, x_b, d, p, saved, with_x);
+                (g, Some(g_b))
+            }
+        };
+        let weights = [
+            g.w1, g.log_s1, g.b1, g.w2, g.log_s2, g.b2, g.w3, g.b3, g.log_s3,
+        ];
+        std::iter::once(g.x)
+            .chain(weights)
+            .chain(g_b)
+            .zip(&self.tensors)
+            .map(|(v, t)| (v, t.shape()))
+            .collect()
     }
 }
 
 impl CouplingNetOps for Flex {
     fn glow_coupling_net(x: FlexTensor, weights: Weights<Self>) -> FlexTensor {
-        Inputs::new(weights.with_input(x)).forward(false).0
+        Inputs::new(weights.with_input(x).into()).forward(false).0
+    }
+
+    fn glow_affine_coupling(
+        x_a: FlexTensor,
+        x_b: FlexTensor,
+        weights: Weights<Self>,
+    ) -> FlexTensor {
+        let mut tensors: Vec<FlexTensor> = weights.with_input(x_a).into();
+        tensors.push(x_b);
+        Inputs::new(tensors).forward(false).0
     }
 }
 
-/// The backward step registered in the autodiff graph.
+/// The backward step registered in the autodiff graph, for an operation of `N` inputs.
 #[derive(Debug)]
-struct CouplingNetBackward;
+struct CouplingBackward<const N: usize>;
 
-impl Backward<Flex, 10> for CouplingNetBackward {
+impl<const N: usize> Backward<Flex, N> for CouplingBackward<N> {
     type State = (Inputs, Saved);
 
-    fn backward(self, ops: Ops<Self::State, 10>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (inputs, saved) = ops.state;
-        let d = inputs.dims;
         let grad_out = grads.consume::<Flex>(&ops.node).to_contiguous();
         let grad_out = grad_out.as_slice::<f32>().expect("an f32 gradient");
         let with_x = ops.parents[0].is_some();
-        let g = kernels::backward(grad_out, d, inputs.params(), &saved, with_x);
-        let (h, c, o) = (d.hidden, d.c_in, d.c_out);
-        let results: [(Vec<f32>, Vec<usize>); 10] = [
-            (g.x, vec![d.n, c, d.h, d.w]),
-            (g.w1, vec![h, c, 3, 3]),
-            (g.log_s1, vec![h]),
-            (g.b1, vec![h]),
-            (g.w2, vec![h, h, 1, 1]),
-            (g.log_s2, vec![h]),
-            (g.b2, vec![h]),
-            (g.w3, vec![o, h, 3, 3]),
-            (g.b3, vec![o]),
-            (g.log_s3, vec![o]),
-        ];
+        let results = inputs.backward(grad_out, &saved, with_x);
         for (parent, (v, shape)) in ops.parents.into_iter().zip(results) {
             if let Some(node) = parent {
                 let t = FlexTensor::from_data(TensorData::new(v, shape));
@@ -190,23 +239,39 @@ impl Backward<Flex, 10> for CouplingNetBackward {
     }
 }
 
+/// Runs an operation on autodiff tensors: registers its backward step when any input is
+/// tracked, and keeps what that step needs.
+fn tracked<C: CheckpointStrategy, const N: usize>(
+    inputs: [FloatTensor<Autodiff<Flex, C>>; N],
+) -> FloatTensor<Autodiff<Flex, C>> {
+    let nodes = inputs.each_ref().map(|t| t.node());
+    let inputs = Inputs::new(inputs.map(|t| t.into_primitive()).into());
+    match CouplingBackward::<N>
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, saved) = inputs.forward(true);
+            let saved = saved.expect("kept for the backward pass");
+            prep.finish((inputs, saved), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(inputs.forward(false).0),
+    }
+}
+
 impl<C: CheckpointStrategy> CouplingNetOps for Autodiff<Flex, C> {
     fn glow_coupling_net(x: FloatTensor<Self>, weights: Weights<Self>) -> FloatTensor<Self> {
-        let inputs = weights.with_input(x);
-        let nodes = inputs.each_ref().map(|t| t.node());
-        let inputs = Inputs::new(inputs.map(|t| t.into_primitive()));
-        match CouplingNetBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (out, saved) = inputs.forward(true);
-                let saved = saved.expect("kept for the backward pass");
-                prep.finish((inputs, saved), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward(false).0),
-        }
+        tracked::<C, 10>(weights.with_input(x))
+    }
+
+    fn glow_affine_coupling(
+        x_a: FloatTensor<Self>,
+        x_b: FloatTensor<Self>,
+        weights: Weights<Self>,
+    ) -> FloatTensor<Self> {
+        let [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3] = weights.with_input(x_a);
+        tracked::<C, 11>([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3, x_b])
     }
 }
 
@@ -286,6 +351,42 @@ mod tests {
             assert_eq!(ours.len(), 9, "every parameter of the network is compared");
             for ((shape, a), (_, b)) in ours.iter().zip(&theirs) {
                 assert!(b.iter().any(|v| *v != 0.0), "{shape:?}: zero gradient");
+                let e = relative_error(a, b);
+                assert!(e < 1e-4, "{shape:?}: gradient differs (relative {e})");
+            }
+        }
+    }
+
+    #[test]
+    fn the_affine_coupling_matches_its_composition_and_gradients() {
+        use burn::tensor::activation::log_sigmoid;
+        let dev = ad();
+        for (n, c_in, hidden, c, h, w) in [(2, 3, 8, 2, 5, 4), (1, 4, 6, 3, 2, 3)] {
+            let net = perturb(ConvNetConfig::new(c_in, 2 * c, hidden).init(&dev), 0.3, 9);
+            let x_a = randn([n, c_in, h, w], &dev).require_grad();
+            let x_b = randn([n, c, h, w], &dev).require_grad();
+            let (g_y, g_ls) = (randn([n, c, h, w], &dev), randn([n, c, h, w], &dev));
+
+            let weights = net.fused_weights().unwrap();
+            let (y, ls) = affine_coupling(x_a.clone(), x_b.clone(), weights);
+            let out = net.composed(x_a.clone()).unwrap();
+            let log_s = log_sigmoid(out.clone().narrow(1, c, c) + 2.0);
+            let y_ref = (x_b.clone() + out.narrow(1, 0, c)) * log_s.clone().exp();
+            assert!(max_abs_diff(&y, &y_ref) < 1e-4, "y_b differs");
+            assert!(max_abs_diff(&ls, &log_s) < 1e-4, "log σ differs");
+
+            let loss = |y: Tensor<4>, ls: Tensor<4>| (y * g_y.clone() + ls * g_ls.clone()).sum();
+            let ours = loss(y, ls).backward();
+            let theirs = loss(y_ref, log_s).backward();
+            for (name, t) in [("x_a", &x_a), ("x_b", &x_b)] {
+                let (a, b) = (t.grad(&ours).unwrap(), t.grad(&theirs).unwrap());
+                let e = relative_error(&to_vec(a), &to_vec(b));
+                assert!(e < 1e-4, "gradient of {name} differs (relative {e})");
+            }
+            for ((shape, a), (_, b)) in param_grads(&net, &ours)
+                .iter()
+                .zip(&param_grads(&net, &theirs))
+            {
                 let e = relative_error(a, b);
                 assert!(e < 1e-4, "{shape:?}: gradient differs (relative {e})");
             }

@@ -211,6 +211,12 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
         self.check(&x)?;
         let n = x.dims()[0];
         let (a, b) = self.mask.split(x);
+        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
+            // Network and coupling in one operation where the network offers it (CPU).
+            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, cond)? {
+                return Ok((self.mask.merge(a, b), sum_per_sample(log_scale)));
+            }
+        }
         let (shift, log_scale) = self.params(self.net.forward(a.clone(), cond)?);
         let (b, logdet) = match (self.kind, log_scale) {
             (CouplingKind::AffineGlow, Some(s)) => {
