@@ -20,13 +20,15 @@ use crate::layers::{ActNorm, ActNormConfig};
 pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
     fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
 
-    /// Glow's affine coupling of `x_b` given `x_a`: `(y_b, log σ(r + 2))` with `y_b = (x_b + t)·σ(r + 2)`
-    /// and `(t, r)` this network's output, when the network computes it in one fused
-    /// operation; `None` (the default) when the caller should compose it.
+    /// Glow's affine coupling of `x_b` given `x_a`, with `(t, r)` this network's output and
+    /// `s = σ(r + 2)`: `((x_b + t)·s, log s)`, or in `reverse` `(x_b / s − t, −log s)`, when the
+    /// network computes it in one fused operation; `None` (the default) when the caller should
+    /// compose it.
     fn affine_glow(
         &self,
         _x_a: &Tensor<D>,
         _x_b: &Tensor<D>,
+        _reverse: bool,
         _cond: Cond,
     ) -> Result<Option<(Tensor<D>, Tensor<D>)>> {
         Ok(None)
@@ -225,6 +227,7 @@ impl Conditioner<4> for ConvNet {
         &self,
         x_a: &Tensor<4>,
         x_b: &Tensor<4>,
+        reverse: bool,
         cond: Cond,
     ) -> Result<Option<(Tensor<4>, Tensor<4>)>> {
         let x_a = with_cond(x_a.clone(), cond, self.classes)?;
@@ -234,7 +237,7 @@ impl Conditioner<4> for ConvNet {
         }
         Ok(self
             .fused_weights()
-            .map(|weights| fused::affine_coupling(x_a, x_b.clone(), weights)))
+            .map(|weights| fused::affine_coupling(x_a, x_b.clone(), reverse, weights)))
     }
 
     /// The same path, initialising each ActNorm from the batch as it passes.

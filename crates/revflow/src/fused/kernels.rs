@@ -471,12 +471,14 @@ fn untap_by_output(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 }
 
 /// Glow's affine coupling on top of the network: with `(t, r)` the network's output on `x_a`
-/// (first and second half of its channels), `y_b = (x_b + t)·σ(r + 2)`. Returns `y_b` and
-/// `log σ(r + 2)` (whose sum is the log-determinant) as one NCHW tensor, `y_b` in the first
-/// half of the channels; and, if `keep`, what [`affine_backward`] needs.
+/// (first and second half of its channels) and `s = σ(r + 2)`, forward `y = (x_b + t)·s`, or in
+/// `reverse` `y = x_b / s − t`. Returns `y` and `±log s` (whose sum is the direction's
+/// log-determinant) as one NCHW tensor, `y` in the first half of the channels; and, if `keep`,
+/// what [`affine_backward`] needs.
 pub fn affine_forward(
     x_a: &[f32],
     x_b: &[f32],
+    reverse: bool,
     d: Dims,
     p: Params,
     keep: bool,
@@ -494,8 +496,13 @@ pub fn affine_forward(
                 let z = r[i] + 2.0;
                 // log σ(z) = −log(1 + e^(−z)), computed without overflow for either sign.
                 let ls = z.min(0.0) - (-z.abs()).exp().ln_1p();
-                log_s[i] = ls;
-                y[i] = (x_b[i] + t[i]) * ls.exp();
+                if reverse {
+                    log_s[i] = -ls;
+                    y[i] = x_b[i] * (-ls).exp() - t[i];
+                } else {
+                    log_s[i] = ls;
+                    y[i] = (x_b[i] + t[i]) * ls.exp();
+                }
             }
         });
     (out, saved)
@@ -506,6 +513,7 @@ pub fn affine_forward(
 pub fn affine_backward(
     grad_out: &[f32],
     x_b: &[f32],
+    reverse: bool,
     d: Dims,
     p: Params,
     saved: &Saved,
@@ -525,10 +533,18 @@ pub fn affine_backward(
             let (t, r) = h.split_at(plane);
             for i in 0..plane {
                 let s = 1.0 / (1.0 + (-(r[i] + 2.0)).exp());
-                // y = (x_b + t)·s, ls = log s, ds/dr = s(1 − s), dls/dr = 1 − s.
-                g_b[i] = g_y[i] * s;
-                g_t[i] = g_y[i] * s;
-                g_r[i] = (g_y[i] * (x_b[i] + t[i]) * s + g_ls[i]) * (1.0 - s);
+                // ds/dr = s(1 − s), d log s/dr = 1 − s.
+                if reverse {
+                    // y = x_b/s − t, second output −log s: d(1/s)/dr = −(1 − s)/s.
+                    g_b[i] = g_y[i] / s;
+                    g_t[i] = -g_y[i];
+                    g_r[i] = -(g_y[i] * x_b[i] / s + g_ls[i]) * (1.0 - s);
+                } else {
+                    // y = (x_b + t)·s, second output log s.
+                    g_b[i] = g_y[i] * s;
+                    g_t[i] = g_y[i] * s;
+                    g_r[i] = (g_y[i] * (x_b[i] + t[i]) * s + g_ls[i]) * (1.0 - s);
+                }
             }
         });
     (backward(&grad_net, d, p, saved, with_x), grad_b)

@@ -80,17 +80,20 @@ pub fn coupling_net(x: Tensor<4>, weights: Weights<Dispatch>) -> Tensor<4> {
 }
 
 /// Glow's affine coupling of `x_b` given `x_a`, network and coupling in one operation: with
-/// `(t, r)` the network's output on `x_a`, returns `y_b = (x_b + t)·σ(r + 2)` and
-/// `log σ(r + 2)` (the log-determinant's terms). Only for devices where [`applies`] is true.
+/// `(t, r)` the network's output on `x_a` and `s = σ(r + 2)`, returns `(x_b + t)·s` and `log s`
+/// (the log-determinant's terms), or in `reverse` `x_b / s − t` and `−log s`. Only for devices
+/// where [`applies`] is true.
 pub fn affine_coupling(
     x_a: Tensor<4>,
     x_b: Tensor<4>,
+    reverse: bool,
     weights: Weights<Dispatch>,
 ) -> (Tensor<4>, Tensor<4>) {
     let c = x_b.dims()[1];
     let out: Tensor<4> = Tensor::from_dispatch(<Dispatch as CouplingNetOps>::glow_affine_coupling(
         x_a.into_dispatch(),
         x_b.into_dispatch(),
+        reverse,
         weights,
     ));
     (out.clone().narrow(1, 0, c), out.narrow(1, c, c))
@@ -106,10 +109,11 @@ pub trait CouplingNetOps: Backend {
         #[extension_type] weights: Weights<Self>,
     ) -> FloatTensor<Self>;
 
-    /// `y_b` and `log σ(r + 2)` side by side on the channel axis.
+    /// The coupled half and `±log σ(r + 2)` side by side on the channel axis.
     fn glow_affine_coupling(
         x_a: FloatTensor<Self>,
         x_b: FloatTensor<Self>,
+        reverse: bool,
         #[extension_type] weights: Weights<Self>,
     ) -> FloatTensor<Self>;
 }
@@ -120,10 +124,12 @@ pub trait CouplingNetOps: Backend {
 struct Inputs {
     dims: Dims,
     tensors: Vec<FlexTensor>,
+    /// The affine coupling's direction.
+    reverse: bool,
 }
 
 impl Inputs {
-    fn new(tensors: Vec<FlexTensor>) -> Self {
+    fn new(tensors: Vec<FlexTensor>, reverse: bool) -> Self {
         let tensors: Vec<FlexTensor> = tensors
             .into_iter()
             .map(|t| match t.as_slice::<f32>() {
@@ -140,7 +146,11 @@ impl Inputs {
             h,
             w,
         };
-        Inputs { dims, tensors }
+        Inputs {
+            dims,
+            tensors,
+            reverse,
+        }
     }
 
     fn slice(&self, i: usize) -> &[f32] {
@@ -173,7 +183,7 @@ impl Inputs {
         let (d, x, p) = (self.dims, self.slice(0), self.params());
         let (out, saved) = match self.x_b() {
             None => kernels::forward(x, d, p, keep),
-            Some(x_b) => kernels::affine_forward(x, x_b, d, p, keep),
+            Some(x_b) => kernels::affine_forward(x, x_b, self.reverse, d, p, keep),
         };
         let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h, d.w]));
         (out, saved)
@@ -185,7 +195,9 @@ impl Inputs {
         let (g, g_b) = match self.x_b() {
             None => (kernels::backward(grad_out, d, p, saved, with_x), None),
             Some(x_b) => {
-                let (g, g_b) = kernels::affine_backward(grad_out, x_b, d, p, saved, with_x);
+                let reverse = self.reverse;
+                let (g, g_b) =
+                    kernels::affine_backward(grad_out, x_b, reverse, d, p, saved, with_x);
                 (g, Some(g_b))
             }
         };
@@ -203,17 +215,20 @@ impl Inputs {
 
 impl CouplingNetOps for Flex {
     fn glow_coupling_net(x: FlexTensor, weights: Weights<Self>) -> FlexTensor {
-        Inputs::new(weights.with_input(x).into()).forward(false).0
+        Inputs::new(weights.with_input(x).into(), false)
+            .forward(false)
+            .0
     }
 
     fn glow_affine_coupling(
         x_a: FlexTensor,
         x_b: FlexTensor,
+        reverse: bool,
         weights: Weights<Self>,
     ) -> FlexTensor {
         let mut tensors: Vec<FlexTensor> = weights.with_input(x_a).into();
         tensors.push(x_b);
-        Inputs::new(tensors).forward(false).0
+        Inputs::new(tensors, reverse).forward(false).0
     }
 }
 
@@ -243,9 +258,10 @@ impl<const N: usize> Backward<Flex, N> for CouplingBackward<N> {
 /// tracked, and keeps what that step needs.
 fn tracked<C: CheckpointStrategy, const N: usize>(
     inputs: [FloatTensor<Autodiff<Flex, C>>; N],
+    reverse: bool,
 ) -> FloatTensor<Autodiff<Flex, C>> {
     let nodes = inputs.each_ref().map(|t| t.node());
-    let inputs = Inputs::new(inputs.map(|t| t.into_primitive()).into());
+    let inputs = Inputs::new(inputs.map(|t| t.into_primitive()).into(), reverse);
     match CouplingBackward::<N>
         .prepare::<C>(nodes)
         .compute_bound()
@@ -262,16 +278,18 @@ fn tracked<C: CheckpointStrategy, const N: usize>(
 
 impl<C: CheckpointStrategy> CouplingNetOps for Autodiff<Flex, C> {
     fn glow_coupling_net(x: FloatTensor<Self>, weights: Weights<Self>) -> FloatTensor<Self> {
-        tracked::<C, 10>(weights.with_input(x))
+        tracked::<C, 10>(weights.with_input(x), false)
     }
 
     fn glow_affine_coupling(
         x_a: FloatTensor<Self>,
         x_b: FloatTensor<Self>,
+        reverse: bool,
         weights: Weights<Self>,
     ) -> FloatTensor<Self> {
         let [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3] = weights.with_input(x_a);
-        tracked::<C, 11>([x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3, x_b])
+        let inputs = [x, w1, log_s1, b1, w2, log_s2, b2, w3, b3, log_s3, x_b];
+        tracked::<C, 11>(inputs, reverse)
     }
 }
 
@@ -361,17 +379,25 @@ mod tests {
     fn the_affine_coupling_matches_its_composition_and_gradients() {
         use burn::tensor::activation::log_sigmoid;
         let dev = ad();
-        for (n, c_in, hidden, c, h, w) in [(2, 3, 8, 2, 5, 4), (1, 4, 6, 3, 2, 3)] {
+        for (reverse, (n, c_in, hidden, c, h, w)) in [
+            (false, (2, 3, 8, 2, 5, 4)),
+            (false, (1, 4, 6, 3, 2, 3)),
+            (true, (2, 3, 8, 2, 5, 4)),
+        ] {
             let net = perturb(ConvNetConfig::new(c_in, 2 * c, hidden).init(&dev), 0.3, 9);
             let x_a = randn([n, c_in, h, w], &dev).require_grad();
             let x_b = randn([n, c, h, w], &dev).require_grad();
             let (g_y, g_ls) = (randn([n, c, h, w], &dev), randn([n, c, h, w], &dev));
 
             let weights = net.fused_weights().unwrap();
-            let (y, ls) = affine_coupling(x_a.clone(), x_b.clone(), weights);
+            let (y, ls) = affine_coupling(x_a.clone(), x_b.clone(), reverse, weights);
             let out = net.composed(x_a.clone()).unwrap();
             let log_s = log_sigmoid(out.clone().narrow(1, c, c) + 2.0);
-            let y_ref = (x_b.clone() + out.narrow(1, 0, c)) * log_s.clone().exp();
+            let t = out.narrow(1, 0, c);
+            let (y_ref, log_s) = match reverse {
+                false => ((x_b.clone() + t) * log_s.clone().exp(), log_s),
+                true => (x_b.clone() * log_s.clone().neg().exp() - t, log_s.neg()),
+            };
             assert!(max_abs_diff(&y, &y_ref) < 1e-4, "y_b differs");
             assert!(max_abs_diff(&ls, &log_s) < 1e-4, "log σ differs");
 

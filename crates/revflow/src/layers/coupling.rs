@@ -213,7 +213,7 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
         let (a, b) = self.mask.split(x);
         if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
             // Network and coupling in one operation where the network offers it (CPU).
-            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, cond)? {
+            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, false, cond)? {
                 return Ok((self.mask.merge(a, b), sum_per_sample(log_scale)));
             }
         }
@@ -233,6 +233,11 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
     fn inverse(&self, y: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
         self.check(&y)?;
         let (a, b) = self.mask.split(y);
+        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
+            if let Some((b, _)) = self.net.affine_glow(&a, &b, true, cond)? {
+                return Ok(self.mask.merge(a, b));
+            }
+        }
         let (shift, log_scale) = self.params(self.net.forward(a.clone(), cond)?);
         let b = match (self.kind, log_scale) {
             (CouplingKind::AffineGlow, Some(s)) => b * s.neg().exp() - shift,
