@@ -1,11 +1,12 @@
-//! Glow's coupling network as one operation with its own backward pass, on the CPU backend.
+//! Glow's coupling as single operations with their own backward passes, on the CPU backend.
 //!
-//! Composed from burn's operations, the network is a dozen separate passes per coupling, each
+//! Composed from burn's operations, a coupling's network is dozens of separate passes, each
 //! allocating and reading a hidden-width activation map (convolution, ActNorm's add and multiply,
-//! ReLU, layout copies). Here it is three matrix products with the element-wise work folded in
-//! ([`kernels`]), and a hand-written backward pass registered with burn's autodiff graph: the same
-//! products transposed. Other backends (a GPU) use the composed network; so does ActNorm's
-//! data-dependent initialisation.
+//! ReLU, pads, slices, shifted adds), and the affine transform after it a few more. Here the
+//! network is three matrix products with the element-wise work folded in ([`kernels`]), the
+//! affine transform and its log-det terms one more pass, and a hand-written backward pass is
+//! registered with burn's autodiff graph: the same products transposed. Other backends (a GPU)
+//! use the composed layers; so does ActNorm's data-dependent initialisation.
 
 pub mod kernels;
 
@@ -27,8 +28,8 @@ use kernels::{Dims, Params, Saved};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the fused network off (or back on) for the whole process: for measuring what it
-/// brings, and for checking it against the composed network.
+/// Turns the fused operations off (or back on) for the whole process, to measure what they
+/// bring (`revflow bench --unfused`).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }

@@ -534,6 +534,13 @@ mod tests {
             err.to_string().contains("divisible by 4, got 1×6×6"),
             "{err}"
         );
+        let err = ModelConfig::Glow(GlowConfig {
+            hidden: 0,
+            ..Default::default()
+        })
+        .init(&dev)
+        .unwrap_err();
+        assert!(err.to_string().contains("hidden channel"), "{err}");
         let model = configs()[0].init(&dev).unwrap();
         let err = model.log_prob(pixels(1, 20, &dev), None, true).unwrap_err();
         assert!(

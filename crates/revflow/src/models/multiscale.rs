@@ -387,6 +387,11 @@ fn check_shape(shape: [usize; 3], squeezes: usize) -> Result<()> {
 /// Builds Glow.
 pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>> {
     check_shape(config.shape, config.levels)?;
+    if config.hidden == 0 {
+        return Err(FlowError::Config(
+            "Glow's coupling networks need at least one hidden channel (--hidden)".into(),
+        ));
+    }
     let mut c = config.shape[0];
     let mut levels = Vec::with_capacity(config.levels);
     for l in 0..config.levels {
