@@ -262,16 +262,22 @@ pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timin
 /// backend, with the same weights: a GPU timing is only worth reading if this is small.
 fn difference_from_cpu(model: &Model, x: Tensor<2>) -> Result<f64> {
     let cpu = Device::flex();
-    let values = |t: Tensor<1>| -> Vec<f64> {
-        let v = t.into_data().try_to_vec_as::<f32>().unwrap_or_default();
-        v.into_iter().map(f64::from).collect()
+    let values = |t: Tensor<1>| -> Result<Vec<f64>> {
+        let v = t
+            .into_data()
+            .try_to_vec_as::<f32>()
+            .map_err(|e| FlowError::Value {
+                layer: "bench",
+                problem: format!("reading log p back from the device: {e:?}"),
+            })?;
+        Ok(v.into_iter().map(f64::from).collect())
     };
-    let here = values(model.log_prob(x.clone(), None, false)?.0);
+    let here = values(model.log_prob(x.clone(), None, false)?.0)?;
     let there = model
         .clone()
         .to_device(&cpu)
         .log_prob(x.to_device(&cpu), None, false)?;
-    let there = values(there.0);
+    let there = values(there.0)?;
     Ok(here
         .iter()
         .zip(&there)

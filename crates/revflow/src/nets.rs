@@ -2,18 +2,17 @@
 //! output its shift and raw scale. They need not be invertible. Each ends in a zero-initialised
 //! layer so that every coupling starts as the identity (Glow §3.3).
 
+use burn::backend::Dispatch;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-
-use crate::conv::conv_same;
-use crate::fused;
-use burn::backend::Dispatch;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::conv::conv_same;
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow};
+use crate::fused;
 use crate::layers::{ActNorm, ActNormConfig};
 
 /// A network inside a coupling layer, on rank-`D` tensors.
@@ -190,12 +189,13 @@ impl ConvNet {
         Ok(self.out.forward(relu(h)))
     }
 
-    /// The network's parameters for [`fused::coupling_net`], when its layers have the
-    /// expected form (bias only in the zero conv, 3×3 / 1×1 / 3×3 kernels).
-    pub(crate) fn fused_weights(&self) -> Option<fused::Weights<Dispatch>> {
+    /// The network's parameters for the fused operations, when they apply on `device` and the
+    /// layers have the expected form (bias only in the zero conv, 3×3 / 1×1 / 3×3 kernels).
+    pub(crate) fn fused_weights(&self, device: &Device) -> Option<fused::Weights<Dispatch>> {
         let k = |c: &Conv2d| c.weight.dims()[2];
         let plain = self.conv1.bias.is_none() && self.conv2.bias.is_none();
-        if !plain || (k(&self.conv1), k(&self.conv2), k(&self.out.conv)) != (3, 1, 3) {
+        let shape = (k(&self.conv1), k(&self.conv2), k(&self.out.conv)) == (3, 1, 3);
+        if !fused::applies(device) || !plain || !shape {
             return None;
         }
         Some(fused::Weights {
@@ -215,12 +215,10 @@ impl ConvNet {
 impl Conditioner<4> for ConvNet {
     fn forward(&self, x: Tensor<4>, cond: Cond) -> Result<Tensor<4>> {
         let x = with_cond(x, cond, self.classes)?;
-        if fused::applies(&x.device()) {
-            if let Some(weights) = self.fused_weights() {
-                return Ok(fused::coupling_net(x, weights));
-            }
+        match self.fused_weights(&x.device()) {
+            Some(weights) => Ok(fused::coupling_net(x, weights)),
+            None => self.composed(x),
         }
-        self.composed(x)
     }
 
     fn affine_glow(
@@ -230,13 +228,12 @@ impl Conditioner<4> for ConvNet {
         reverse: bool,
         cond: Cond,
     ) -> Result<Option<(Tensor<4>, Tensor<4>)>> {
-        let x_a = with_cond(x_a.clone(), cond, self.classes)?;
-        let halves = self.out.log_scale.dims()[0] == 2 * x_b.dims()[1];
-        if !halves || !fused::applies(&x_a.device()) {
+        if self.out.log_scale.dims()[0] != 2 * x_b.dims()[1] {
             return Ok(None);
         }
+        let x_a = with_cond(x_a.clone(), cond, self.classes)?;
         Ok(self
-            .fused_weights()
+            .fused_weights(&x_a.device())
             .map(|weights| fused::affine_coupling(x_a, x_b.clone(), reverse, weights)))
     }
 

@@ -337,7 +337,7 @@ mod tests {
             [(2, 3, 8, 6, 5, 4), (1, 2, 16, 4, 3, 3), (3, 6, 5, 2, 1, 2)]
         {
             let net = perturb(ConvNetConfig::new(c_in, c_out, hidden).init(&dev), 0.3, 7);
-            let weights = || net.fused_weights().expect("a Glow network");
+            let weights = || net.fused_weights(&dev).expect("a Glow network");
             let x = randn([n, c_in, h, w], &dev).require_grad();
             let g = randn([n, c_out, h, w], &dev);
             let fused = coupling_net(x.clone(), weights());
@@ -349,7 +349,10 @@ mod tests {
                 "{n}×{c_in}×{h}×{w}: values differ"
             );
 
-            let plain = coupling_net(x.clone().inner(), net.valid().fused_weights().unwrap());
+            let plain = coupling_net(
+                x.clone().inner(),
+                net.valid().fused_weights(&device()).unwrap(),
+            );
             assert!(
                 max_abs_diff(&plain, &composed.clone().inner()) < 1e-4 * size.max(1.0),
                 "values differ outside the autodiff graph"
@@ -390,7 +393,7 @@ mod tests {
             let x_b = randn([n, c, h, w], &dev).require_grad();
             let (g_y, g_ls) = (randn([n, c, h, w], &dev), randn([n, c, h, w], &dev));
 
-            let weights = net.fused_weights().unwrap();
+            let weights = net.fused_weights(&dev).unwrap();
             let (y, ls) = affine_coupling(x_a.clone(), x_b.clone(), reverse, weights);
             let out = net.composed(x_a.clone()).unwrap();
             let log_s = log_sigmoid(out.clone().narrow(1, c, c) + 2.0);
