@@ -8,7 +8,7 @@ use revflow::burn::tensor::{Device, Tensor, TensorData};
 use revflow::data::{Data, Splits};
 use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
-use revflow::pictures::{grid, read_image, save_png, scatter, single};
+use revflow::pictures::{check_grid, grid, read_image, save_png, scatter, single};
 use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
 use revflow::{FlowError, Result};
 
@@ -143,7 +143,7 @@ fn points_of(x: Tensor<2>) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn write_csv(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
+fn write_csv<T: std::fmt::Display>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
     let text: String = rows
         .iter()
         .map(|r| {
@@ -223,6 +223,7 @@ pub fn eval(args: EvalArgs) -> Result<Report> {
         }
     };
     revflow::training::check_data(&run.config.model, data, &args.split)?;
+    revflow::limits::check_inference(&run.config.model, args.batch_size)?;
     let dims = run.config.model.dims();
     let e = evaluate(
         &run.model,
@@ -286,6 +287,9 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
+/// Samples drawn at once by `sample`.
+const SAMPLE_BATCH: usize = revflow::training::EVAL_BATCH;
+
 pub fn sample(args: SampleArgs) -> Result<Report> {
     let run = open(&args.run)?;
     run.device.seed(args.seed);
@@ -300,26 +304,45 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
     } else {
         args.temperatures.clone()
     };
-    let mut all = Vec::new();
-    for &t in &temperatures {
-        let labels: Vec<usize> = (0..args.n)
-            .map(|i| class.unwrap_or(i % run.classes().max(1)))
-            .collect();
-        let cond = run.labels(&labels);
-        all.push(run.model.sample(args.n, t, cond.as_ref(), &run.device)?);
+    // Sampled batch by batch: memory follows the output (pixels, picture, CSV), not the
+    // model's activations for every sample at once.
+    let total = args.n.saturating_mul(temperatures.len());
+    let dims = run.config.model.dims() as f64;
+    let csv_bytes = |per_value: f64| match args.csv {
+        Some(_) => total as f64 * dims * per_value,
+        None => 0.0,
+    };
+    let image_shape = run.config.model.image_shape();
+    let cols = match temperatures.len() {
+        1 => (args.n as f64).sqrt().ceil() as usize,
+        _ => args.n,
+    };
+    match image_shape {
+        Some(shape) => check_grid(total, shape, cols, 4, total as f64 * dims + csv_bytes(4.0))?,
+        None => revflow::limits::check(
+            format!("{total} samples"),
+            total as f64 * dims * 4.0 + csv_bytes(16.0),
+        )?,
     }
-    let x = Tensor::cat(all, 0);
-    let picture = match run.config.model.image_shape() {
-        Some(shape) => {
-            let cols = if temperatures.len() > 1 {
-                args.n
-            } else {
-                (args.n as f64).sqrt().ceil() as usize
-            };
-            grid(&pixels(x.clone()), shape, cols, 4)
+    let (mut images, mut points) = (Vec::new(), Vec::new());
+    for &t in &temperatures {
+        for start in (0..args.n).step_by(SAMPLE_BATCH) {
+            let len = SAMPLE_BATCH.min(args.n - start);
+            let labels: Vec<usize> = (start..start + len)
+                .map(|i| class.unwrap_or(i % run.classes().max(1)))
+                .collect();
+            let cond = run.labels(&labels);
+            let x = run.model.sample(len, t, cond.as_ref(), &run.device)?;
+            match image_shape {
+                Some(_) => images.extend(pixels(x)),
+                None => points.extend(points_of(x)),
+            }
         }
+    }
+    let picture = match image_shape {
+        Some(shape) => grid(&images, shape, cols, 4),
         None => {
-            let pts: Vec<[f32; 2]> = points_of(x.clone())
+            let pts: Vec<[f32; 2]> = points
                 .iter()
                 .map(|p| [p[0], p.get(1).copied().unwrap_or(0.0)])
                 .collect();
@@ -328,7 +351,10 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
     };
     save_png(picture, &args.out)?;
     if let Some(csv) = &args.csv {
-        write_csv(csv, &points_of(x))?;
+        match image_shape {
+            Some(_) => write_csv(csv, &images)?,
+            None => write_csv(csv, &points)?,
+        }
     }
     Ok(Report {
         human: format!(
@@ -456,6 +482,9 @@ fn strip(
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
+    let steps = args.steps.max(2);
+    let dims = run.config.model.dims() as f64;
+    check_grid(steps, shape, steps, 4, steps as f64 * dims * 5.0)?;
     let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
     let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
     let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
@@ -463,7 +492,6 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
         .iter()
         .map(|z| z.clone().narrow(0, 1, 1) - z.clone().narrow(0, 0, 1))
         .collect();
-    let steps = args.steps.max(2);
     let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
     strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
     Ok(Report {

@@ -654,3 +654,85 @@ fn figures_draws_the_chosen_figure_and_refuses_unknown_ones() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fails`, with `REVFLOW_MEMORY_LIMIT` set for the child process.
+fn fails_under_limit(args: &[&str], cwd: &Path, limit: &str, needle: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_revflow"))
+        .args(args)
+        .current_dir(cwd)
+        .env("REVFLOW_MEMORY_LIMIT", limit)
+        .output()
+        .expect("revflow runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "revflow {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(needle), "expected {needle:?} in {last:?}");
+}
+
+#[test]
+fn requests_beyond_the_memory_limit_are_one_line_and_outputs_come_in_batches() {
+    let dir = temp("memory");
+    let folder = dir.join("big");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..12 {
+        image::GrayImage::from_pixel(16, 16, image::Luma([i * 20]))
+            .save(folder.join(format!("{i}.png")))
+            .unwrap();
+    }
+    // Twelve images of 16×16 under a 4 KiB limit stand for twelve of 20000×20000: refused
+    // from their headers, before any is decoded.
+    fails_under_limit(
+        &["train", "--data", "images:big", "--steps", "1"],
+        &dir,
+        "4K",
+        "memory limit",
+    );
+    fails(
+        &[
+            "train",
+            "--data",
+            "images:big",
+            "--resize",
+            "100000x100000",
+            "--steps",
+            "1",
+        ],
+        &dir,
+        "REVFLOW_MEMORY_LIMIT",
+    );
+    fails(
+        &["train", "--hidden", "1000000000", "--steps", "1"],
+        &dir,
+        "memory limit",
+    );
+
+    let mut args = vec!["train", "--steps", "2", "--out", "run"];
+    args.extend(TINY_GLOW);
+    ok(&args, &dir);
+    fails(&["sample", "run", "-n", "1000000000"], &dir, "memory limit");
+    fails(
+        &[
+            "interpolate",
+            "run",
+            "test:0",
+            "test:1",
+            "--steps",
+            "100000000",
+        ],
+        &dir,
+        "images",
+    );
+    // More samples than one batch: drawn batch by batch into one grid and CSV.
+    let sample = json(&ok(
+        &[
+            "sample", "run", "-n", "300", "--out", "s.png", "--csv", "s.csv", "--json",
+        ],
+        &dir,
+    ));
+    assert_eq!(sample["samples"], 300);
+    let csv = std::fs::read_to_string(dir.join("s.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 300);
+    assert_eq!(csv.lines().last().unwrap().split(',').count(), 64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

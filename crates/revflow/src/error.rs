@@ -38,6 +38,18 @@ pub enum FlowError {
     /// A chart or animation that could not be drawn.
     #[error("{0}")]
     Picture(String),
+    /// A request that would need more memory than the limit (see [`limits`](crate::limits)).
+    #[error(
+        "{what} would need about {}, above the memory limit of {} (set {} to change it)",
+        crate::limits::human(*needs),
+        crate::limits::human(*limit as f64),
+        crate::limits::ENV
+    )]
+    Memory {
+        what: String,
+        needs: f64,
+        limit: u64,
+    },
     /// Input/output failure on a path.
     #[error("{path}: {source}")]
     Io {

@@ -80,6 +80,28 @@ impl<const D: usize, L: Module + Flow<D>> Flow<D> for Sequential<L> {
 
 // ---- shape helpers shared by the layers -------------------------------------------------
 
+/// Samples per chunk in data-dependent initialisation: the coupling networks' wide hidden
+/// tensors exist for one chunk at a time, whatever the number of initialisation samples.
+pub(crate) const INIT_CHUNK: usize = 16;
+
+/// `f` applied to consecutive chunks of at most `size` samples of `x` (and of `cond`).
+pub(crate) fn in_chunks<const D: usize, T>(
+    x: &Tensor<D>,
+    cond: Cond,
+    size: usize,
+    mut f: impl FnMut(Tensor<D>, Cond) -> Result<T>,
+) -> Result<Vec<T>> {
+    let n = x.dims()[0];
+    (0..n)
+        .step_by(size.max(1))
+        .map(|start| {
+            let len = size.max(1).min(n - start);
+            let part = cond.map(|c| c.clone().narrow(0, start, len));
+            f(x.clone().narrow(0, start, len), part.as_ref())
+        })
+        .collect()
+}
+
 /// Checks that `x` is `(N, C)` or `(N, C, H, W)` with `C == channels`.
 pub(crate) fn check_channels<const D: usize>(
     layer: &'static str,
@@ -134,17 +156,4 @@ pub(crate) fn rank<const A: usize, const B: usize>(t: Tensor<A>) -> Tensor<B> {
 /// Host copy of a tensor's values as f64.
 pub(crate) fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
     t.to_data().try_to_vec_as::<f64>().expect("float tensor")
-}
-
-/// Fails with a clear message if `x` holds NaN or infinite values.
-pub(crate) fn check_finite<const D: usize>(layer: &'static str, x: &Tensor<D>) -> Result<()> {
-    let finite = x.clone().is_finite().all().into_scalar::<bool>();
-    if finite {
-        Ok(())
-    } else {
-        Err(FlowError::value(
-            layer,
-            "input contains NaN or infinite values",
-        ))
-    }
 }

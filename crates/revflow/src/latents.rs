@@ -50,10 +50,8 @@ pub fn save_named<S: AsRef<str>>(
 /// Reads a latent file: its levels in order, and its metadata.
 pub fn load(path: &Path, device: &Device) -> Result<(Vec<Tensor<2>>, HashMap<String, String>)> {
     let bad = |problem: String| FlowError::data(path.display(), problem);
-    let bytes = std::fs::read(path).map_err(|source| FlowError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // The file, then its values as tensors.
+    let bytes = crate::limits::read(path, 2.0)?;
     let (_, meta) =
         SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a latent file ({e})")))?;
     let file =

@@ -29,6 +29,7 @@ pub mod flow;
 pub mod fused;
 pub mod latents;
 pub mod layers;
+pub mod limits;
 mod linalg;
 pub mod models;
 pub mod nets;

@@ -11,9 +11,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::conv::conv_same;
 use crate::error::{FlowError, Result};
-use crate::flow::{Cond, Flow};
+use crate::flow::{in_chunks, Cond, Flow, INIT_CHUNK};
 use crate::fused;
-use crate::layers::{ActNorm, ActNormConfig};
+use crate::layers::{ActNorm, ActNormConfig, ChannelStats};
 
 /// A network inside a coupling layer, on rank-`D` tensors.
 pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
@@ -33,10 +33,10 @@ pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
         Ok(None)
     }
 
-    /// Data-dependent initialisation of any ActNorm inside; default: none.
-    fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
-        let y = self.forward(x, cond)?;
-        Ok((self, y))
+    /// Data-dependent initialisation of any ActNorm inside, from the network's inputs `x`;
+    /// default: none.
+    fn data_init(self, _x: Tensor<D>, _cond: Cond) -> Result<Self> {
+        Ok(self)
     }
 }
 
@@ -237,21 +237,32 @@ impl Conditioner<4> for ConvNet {
             .map(|weights| fused::affine_coupling(x_a, x_b.clone(), reverse, weights)))
     }
 
-    /// The same path, initialising each ActNorm from the batch as it passes.
-    fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {
-        let h = apply(&self.conv1, with_cond(x, cond, self.classes)?);
-        let (norm1, h) = self.norm1.data_init(h, None)?;
-        let h = apply(&self.conv2, relu(h));
-        let (norm2, h) = self.norm2.data_init(h, None)?;
-        let y = self.out.forward(relu(h));
-        Ok((
-            ConvNet {
-                norm1,
-                norm2,
-                ..self
-            },
-            y,
-        ))
+    fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<Self> {
+        self.data_init_chunked(x, cond, INIT_CHUNK)
+    }
+}
+
+impl ConvNet {
+    /// Initialises each ActNorm from the statistics of its input over the whole batch `x`,
+    /// gathered `chunk` samples at a time: one pass for the first ActNorm, a second (through
+    /// the first, now initialised) for the second. Only one chunk's hidden tensors exist at once.
+    pub(crate) fn data_init_chunked(self, x: Tensor<4>, cond: Cond, chunk: usize) -> Result<Self> {
+        let x = with_cond(x, cond, self.classes)?;
+        let hidden = self.norm1.channels();
+        let mut stats = ChannelStats::new(hidden);
+        in_chunks(&x, None, chunk, |x, _| stats.add(&apply(&self.conv1, x)))?;
+        let norm1 = self.norm1.init_from(&stats)?;
+        let mut stats = ChannelStats::new(self.norm2.channels());
+        in_chunks(&x, None, chunk, |x, _| {
+            let (h, _) = norm1.forward(apply(&self.conv1, x), None)?;
+            stats.add(&apply(&self.conv2, relu(h)))
+        })?;
+        let norm2 = self.norm2.init_from(&stats)?;
+        Ok(ConvNet {
+            norm1,
+            norm2,
+            ..self
+        })
     }
 }
 
@@ -380,5 +391,59 @@ impl Conditioner<2> for Mlp {
         let h = with_cond(x, cond, self.classes)?;
         let h = self.hidden.iter().fold(h, |h, l| relu(l.forward(h)));
         Ok(self.out.forward(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    fn close(a: Vec<f32>, b: Vec<f32>, what: &str) {
+        for (x, y) in a.iter().zip(&b) {
+            let rel = (x - y).abs() / x.abs().max(y.abs()).max(1e-6);
+            assert!(rel < 1e-5, "{what}: {x} vs {y} (relative {rel})");
+        }
+    }
+
+    #[test]
+    fn chunked_initialisation_gives_the_whole_batch_statistics() {
+        let dev = device();
+        dev.seed(9);
+        let net = perturb(
+            ConvNetConfig::new(3, 4, 16).with_classes(2).init(&dev),
+            0.3,
+            4,
+        );
+        let x = randn([11, 3, 5, 5], &dev) * 2.0 + 3.0;
+        let labels = one_hot(&[0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], 2, &dev);
+        let whole = net
+            .clone()
+            .data_init_chunked(x.clone(), Some(&labels), 11)
+            .unwrap();
+        for chunk in [1, 3, 4] {
+            let chunked = net
+                .clone()
+                .data_init_chunked(x.clone(), Some(&labels), chunk)
+                .unwrap();
+            for (a, b, what) in [
+                (&whole.norm1, &chunked.norm1, "norm1"),
+                (&whole.norm2, &chunked.norm2, "norm2"),
+            ] {
+                assert!(b.is_initialized());
+                close(to_vec(a.bias.val()), to_vec(b.bias.val()), what);
+                close(to_vec(a.log_scale.val()), to_vec(b.log_scale.val()), what);
+            }
+        }
+        // The first ActNorm standardises the first convolution's output.
+        let h = apply(&whole.conv1, with_cond(x, Some(&labels), 2).unwrap());
+        let (h, _) = whole.norm1.forward(h, None).unwrap();
+        let flat = h.swap_dims(0, 1).reshape([16, -1]);
+        for m in to_vec(flat.clone().mean_dim(1)) {
+            assert!(m.abs() < 1e-4, "mean {m}");
+        }
+        for v in to_vec(flat.var(1)) {
+            assert!((v - 1.0).abs() < 1e-3, "variance {v}");
+        }
     }
 }

@@ -70,6 +70,16 @@ fn read_batches(base: &Path, files: &[&str]) -> Result<ImageSet> {
         labels: Vec::new(),
         class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
     };
+    // The files' bytes and their pixels, before reading any.
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(base.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    crate::limits::check(
+        format!("the CIFAR-10 batches in {}", base.display()),
+        2.0 * total as f64,
+    )?;
     for file in files {
         let path = base.join(file);
         if !path.is_file() {

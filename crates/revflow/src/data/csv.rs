@@ -13,7 +13,10 @@ use crate::{FlowError, Result};
 /// case) is a categorical label, not a feature: its values become classes sorted by name
 /// (numerically when they are all integers). Blank lines are skipped; cells may be quoted.
 pub(super) fn load(path: &Path) -> Result<VectorSet> {
-    let text = std::fs::read_to_string(path)
+    // The text, then at most one f32 per two bytes of it (a digit and a comma), twice (the
+    // set and its split).
+    let bytes = crate::limits::read(path, 5.0)?;
+    let text = String::from_utf8(bytes)
         .map_err(|e| FlowError::data(path.display(), format!("cannot read: {e}")))?;
     let err = |line: usize, problem: String| {
         FlowError::data(format!("{}:{line}", path.display()), problem)

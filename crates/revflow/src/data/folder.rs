@@ -1,10 +1,12 @@
 //! A folder of PNG/JPEG images. Sub-folders are classes; images directly in the folder are
 //! unlabelled.
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use super::ImageSet;
 use crate::{FlowError, Result};
@@ -58,6 +60,8 @@ pub fn load_image_folder(path: &Path, resize: Option<(u32, u32)>) -> Result<Imag
             "no PNG or JPEG images found in the folder or its sub-folders",
         ));
     }
+
+    check_memory(path, &files, resize)?;
 
     let mut set = ImageSet {
         pixels: Vec::new(),
@@ -133,17 +137,58 @@ fn is_image(path: &Path) -> bool {
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
+/// Refuses a folder whose images would not fit in memory, from their headers alone: the set's
+/// pixels (twice: the set, then its train/test split) and the largest image being decoded.
+fn check_memory(
+    folder: &Path,
+    files: &[(usize, PathBuf)],
+    resize: Option<(u32, u32)>,
+) -> Result<()> {
+    let (mut total, mut largest) = (0.0, 0.0f64);
+    let mut first = None;
+    for (_, file) in files {
+        let decoder = reader(file)?.into_decoder().map_err(|e| bad(file, &e))?;
+        let (w, h) = resize.unwrap_or(decoder.dimensions());
+        let c = if decoder.color_type().has_color() {
+            3
+        } else {
+            1
+        };
+        first.get_or_insert((c, w, h));
+        total += (c as f64) * (w as f64) * (h as f64);
+        largest = largest.max(decoder.total_bytes() as f64);
+    }
+    let (c, w, h) = first.unwrap_or_default();
+    crate::limits::check(
+        format!(
+            "{} ({} images of {w}×{h} with {c} channel(s))",
+            folder.display(),
+            files.len()
+        ),
+        2.0 * total + 3.0 * largest,
+    )
+}
+
+fn bad(path: &Path, e: &dyn std::fmt::Display) -> FlowError {
+    FlowError::data(path.display(), format!("cannot read image: {e}"))
+}
+
+/// A reader of `path` whose decoder may allocate up to the memory limit (image's own default
+/// is 512 MiB per image).
+fn reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
+    let mut reader = ImageReader::open(path)
+        .map_err(|e| bad(path, &e))?
+        .with_guessed_format()
+        .map_err(|e| bad(path, &e))?;
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(crate::limits::limit()?);
+    reader.limits(limits);
+    Ok(reader)
+}
+
 /// (channels, width, height, C×H×W pixels) of one file, converted to 8-bit grey or RGB.
 fn decode(path: &Path, resize: Option<(u32, u32)>) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let bad = |e: &dyn std::fmt::Display| {
-        FlowError::data(path.display(), format!("cannot read image: {e}"))
-    };
-    let img: DynamicImage = ImageReader::open(path)
-        .map_err(|e| bad(&e))?
-        .with_guessed_format()
-        .map_err(|e| bad(&e))?
-        .decode()
-        .map_err(|e| bad(&e))?;
+    let img: DynamicImage = reader(path)?.decode().map_err(|e| bad(path, &e))?;
     let resized = |w, h| resize.filter(|&r| r != (w, h));
     if img.color().has_color() {
         let mut rgb = img.to_rgb8();
@@ -269,6 +314,50 @@ mod tests {
             e.contains("loose.png") && e.contains("class sub-folders"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sizes_are_checked_from_headers_before_decoding() {
+        let dir = fixture("folder_huge");
+        // 4 × 3 × 2³¹·2³¹ pixels is beyond any memory; nothing is decoded or resized.
+        let e = load_image_folder(&dir, Some((1 << 31, 1 << 31)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(3 images of 2147483648×2147483648 with 3 channel(s)) would need about")
+                && e.contains("REVFLOW_MEMORY_LIMIT"),
+            "{e}"
+        );
+        // A PNG whose header claims 1000000×1000000 pixels (its data is missing).
+        let mut png = Vec::new();
+        rgb(1, 1, 0)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png[16..24].copy_from_slice(&[0, 15, 66, 64, 0, 15, 66, 64]);
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(dir.join("dog/huge.png"), &png).unwrap();
+        let e = load_image_folder(&dir, None).unwrap_err().to_string();
+        assert!(
+            e.contains("would need about") && e.contains("memory limit"),
+            "{e}"
+        );
+    }
+
+    /// The PNG chunk checksum (CRC-32, IEEE).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]

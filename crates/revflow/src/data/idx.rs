@@ -1,7 +1,8 @@
 //! MNIST and Fashion-MNIST in LeCun's IDX format: big-endian header (magic, dimensions),
 //! then unsigned bytes. Files may be raw or gzipped, with or without a `.gz` suffix.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -91,34 +92,37 @@ fn find(name: &str, dir: &Path, stem: &str) -> Result<PathBuf> {
     }
 }
 
-/// The file's bytes, gunzipped if it starts with the gzip magic (whatever its name).
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| FlowError::data(path.display(), format!("cannot read: {e}")))?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut out = Vec::new();
-    GzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            FlowError::data(
-                path.display(),
-                format!("is not a valid gzip file ({e}); download it again"),
-            )
-        })?;
-    Ok(out)
-}
+/// Reads an IDX file, raw or gzipped (whatever its name): checks the magic, then the size the
+/// header promises against the memory limit and against what the file holds, and only then
+/// reads exactly that many bytes, so that a small .gz cannot expand into memory unchecked.
+/// Returns the dimensions and the data.
+fn read_idx(path: &Path, magic: u32, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+    let cannot = |e: std::io::Error| FlowError::data(path.display(), format!("cannot read: {e}"));
+    let file = File::open(path).map_err(cannot)?;
+    let file_len = file.metadata().map_err(cannot)?.len();
+    let mut reader = BufReader::new(file);
+    let gz = reader
+        .fill_buf()
+        .map_err(cannot)?
+        .starts_with(&[0x1f, 0x8b]);
+    let read_err = |e: std::io::Error| match gz {
+        true => FlowError::data(
+            path.display(),
+            format!("is not a valid gzip file ({e}); download it again"),
+        ),
+        false => cannot(e),
+    };
+    let mut input: Box<dyn Read> = match gz {
+        true => Box::new(GzDecoder::new(reader)),
+        false => Box::new(reader),
+    };
+    let mut read_up_to =
+        |n: u64, buf: &mut Vec<u8>| (&mut input).take(n).read_to_end(buf).map_err(read_err);
 
-/// Reads the header: checks the magic, returns the dimensions and the data after them.
-fn header<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-    what: &str,
-) -> Result<(Vec<usize>, &'a [u8])> {
     let ndim = (magic & 0xff) as usize;
     let head = 4 * (1 + ndim);
+    let mut bytes = Vec::with_capacity(head);
+    read_up_to(head as u64, &mut bytes)?;
     let word = |i: usize| {
         bytes
             .get(4 * i..4 * i + 4)
@@ -147,31 +151,64 @@ fn header<'a>(
         ));
     }
     let dims: Vec<usize> = (1..=ndim).map(|i| word(i).unwrap_or(0) as usize).collect();
-    // Checked: a corrupt header must not overflow.
-    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let found = bytes.len() - head;
-    if expected != Some(found) {
-        let (problem, promised) = match expected {
-            Some(e) if found < e => ("truncated", e.to_string()),
-            Some(e) => ("too long", e.to_string()),
-            None => ("corrupt header", "more than can be addressed".to_string()),
-        };
-        let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-        return Err(FlowError::data(
+    let shape = dims
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×");
+    let mismatch = |problem: &str, promised: String, found: String| {
+        FlowError::data(
             path.display(),
             format!(
-                "{problem}: the header promises {promised} data bytes ({}), found {found}; \
-                 download the file again",
-                shape.join("×")
+                "{problem}: the header promises {promised} data bytes ({shape}), found {found}; \
+                 download the file again"
             ),
+        )
+    };
+    // Checked: a corrupt header must not overflow.
+    let Some(expected) = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+        return Err(mismatch(
+            "corrupt header",
+            "more than can be addressed".into(),
+            "a file that cannot hold it".into(),
+        ));
+    };
+    crate::limits::check(
+        format!("{} ({shape} bytes)", path.display()),
+        expected as f64,
+    )?;
+    let raw_left = file_len.saturating_sub(head as u64);
+    if !gz && (expected as u64) > raw_left {
+        return Err(mismatch(
+            "truncated",
+            expected.to_string(),
+            raw_left.to_string(),
         ));
     }
-    Ok((dims, &bytes[head..]))
+    // Grows with what arrives, so a short stream allocates no more than it holds.
+    let mut data = Vec::new();
+    read_up_to(expected as u64, &mut data)?;
+    if data.len() < expected {
+        return Err(mismatch(
+            "truncated",
+            expected.to_string(),
+            data.len().to_string(),
+        ));
+    }
+    let extra = std::io::copy(&mut input, &mut std::io::sink()).map_err(read_err)?;
+    if extra > 0 {
+        let found = (expected as u64).saturating_add(extra);
+        return Err(mismatch(
+            "too long",
+            expected.to_string(),
+            found.to_string(),
+        ));
+    }
+    Ok((dims, data))
 }
 
 fn read_images(path: &Path) -> Result<ImageSet> {
-    let bytes = read_bytes(path)?;
-    let (dims, data) = header(path, &bytes, IMAGES_MAGIC, "images")?;
+    let (dims, data) = read_idx(path, IMAGES_MAGIC, "images")?;
     if dims[1] == 0 || dims[2] == 0 {
         return Err(FlowError::data(
             path.display(),
@@ -182,7 +219,7 @@ fn read_images(path: &Path) -> Result<ImageSet> {
         ));
     }
     Ok(ImageSet {
-        pixels: data.to_vec(),
+        pixels: data,
         channels: 1,
         height: dims[1],
         width: dims[2],
@@ -192,8 +229,7 @@ fn read_images(path: &Path) -> Result<ImageSet> {
 }
 
 fn read_labels(path: &Path, classes: usize) -> Result<Vec<usize>> {
-    let bytes = read_bytes(path)?;
-    let (_, data) = header(path, &bytes, LABELS_MAGIC, "labels")?;
+    let (_, data) = read_idx(path, LABELS_MAGIC, "labels")?;
     if let Some(i) = data.iter().position(|&l| l as usize >= classes) {
         return Err(FlowError::data(
             path.display(),
@@ -320,6 +356,34 @@ pub(super) mod tests {
             "{e}"
         );
         assert!(e.contains("found 2049"), "{e}");
+    }
+
+    #[test]
+    fn gzip_is_checked_against_its_header_before_it_is_expanded() {
+        let dir = fixture("idx_bomb");
+        // A header promising 2³⁰ images of 28×28 (842 GB), a few kilobytes on disk.
+        let mut huge = Vec::new();
+        for v in [IMAGES_MAGIC, 1 << 30, 28, 28] {
+            huge.extend(v.to_be_bytes());
+        }
+        huge.extend(vec![0u8; 1 << 20]);
+        std::fs::write(dir.join("t10k-images-idx3-ubyte.gz"), gz(&huge)).unwrap();
+        let e = err("mnist", &dir);
+        assert!(
+            e.contains("t10k-images-idx3-ubyte.gz (1073741824×28×28 bytes) would need about")
+                && e.contains("memory limit")
+                && e.contains("REVFLOW_MEMORY_LIMIT"),
+            "{e}"
+        );
+        // A header promising 30 bytes followed by 64 MiB of zeros: read 30, then refused.
+        let mut long = idx_images(5, 3, 2);
+        long.extend(vec![0u8; 64 << 20]);
+        std::fs::write(dir.join("t10k-images-idx3-ubyte.gz"), gz(&long)).unwrap();
+        let e = err("mnist", &dir);
+        assert!(
+            e.contains("too long: the header promises 30 data bytes (5×3×2), found 67108894"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! `log|det J| = positions · Σ_c log_s_c` (positions = H·W for images, 1 for vectors).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{channel_shape, check_channels, check_finite, positions, Cond, Flow};
+use crate::flow::{channel_shape, check_channels, positions, to_f64, Cond, Flow};
 
 /// Configuration of an [`ActNorm`] layer.
 #[derive(Debug, Clone)]
@@ -73,38 +73,112 @@ impl<const D: usize> Flow<D> for ActNorm {
     }
 
     fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
-        if self.is_initialized() {
-            let (y, _) = self.forward(x, cond)?;
-            return Ok((self, y));
-        }
-        let c = self.channels();
-        check_channels("ActNorm", &x, c)?;
-        check_finite("ActNorm initialisation", &x)?;
-        // Per-channel statistics over batch and positions.
-        let flat = x.clone().detach().swap_dims(0, 1).reshape([c as i64, -1]);
-        if flat.dims()[1] < 2 {
-            return Err(FlowError::shape(
-                "ActNorm initialisation",
-                "at least 2 values per channel",
-                x.dims(),
-            ));
-        }
-        let mean = flat.clone().mean_dim(1).reshape([c]);
-        let std = flat.var(1).sqrt().reshape([c]);
-        // The statistics are detached; the new values must stay trainable like the old ones.
-        let replace = |old: Tensor<1>, new: Tensor<1>| match old.is_require_grad() {
-            true => new.detach().require_grad(),
-            false => new.detach(),
-        };
-        let layer = ActNorm {
-            log_scale: self
-                .log_scale
-                .map(|old| replace(old, (std + 1e-6).log().neg())),
-            bias: self.bias.map(|old| replace(old, mean.neg())),
-            initialized: self.initialized.map(|t| t.ones_like()),
+        let layer = match self.is_initialized() {
+            true => self,
+            false => {
+                let mut stats = ChannelStats::new(self.channels());
+                stats.add(&x)?;
+                self.init_from(&stats)?
+            }
         };
         let (y, _) = layer.forward(x, cond)?;
         Ok((layer, y))
+    }
+}
+
+impl ActNorm {
+    /// The layer initialised from statistics of its input (unchanged if already initialised):
+    /// bias −mean and scale 1/std per channel, so that the output is standardised.
+    pub(crate) fn init_from(self, stats: &ChannelStats) -> Result<Self> {
+        if self.is_initialized() {
+            return Ok(self);
+        }
+        if stats.sum.len() != self.channels() {
+            return Err(FlowError::shape(
+                "ActNorm initialisation",
+                format!("{} channels", self.channels()),
+                stats.sum.len(),
+            ));
+        }
+        if stats.count < 2.0 {
+            return Err(FlowError::shape(
+                "ActNorm initialisation",
+                "at least 2 values per channel",
+                format!("{} values", stats.count),
+            ));
+        }
+        let (mean, std) = stats.mean_std();
+        let device = self.bias.device();
+        let vector = |v: Vec<f64>| {
+            let v: Vec<f32> = v.into_iter().map(|v| v as f32).collect();
+            Tensor::<1>::from_data(TensorData::new(v, [self.channels()]), &device)
+        };
+        let log_scale = vector(std.iter().map(|s| -(s + 1e-6).ln()).collect());
+        let bias = vector(mean.iter().map(|m| -m).collect());
+        // The new values must stay trainable like the old ones.
+        let replace = |old: Tensor<1>, new: Tensor<1>| match old.is_require_grad() {
+            true => new.require_grad(),
+            false => new,
+        };
+        Ok(ActNorm {
+            log_scale: self.log_scale.map(|old| replace(old, log_scale)),
+            bias: self.bias.map(|old| replace(old, bias)),
+            initialized: self.initialized.map(|t| t.ones_like()),
+        })
+    }
+}
+
+/// Per-channel sum and sum of squares of everything seen, in f64, so that statistics gathered
+/// chunk by chunk equal those of the whole batch.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelStats {
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// Values per channel.
+    count: f64,
+}
+
+impl ChannelStats {
+    pub(crate) fn new(channels: usize) -> Self {
+        ChannelStats {
+            sum: vec![0.0; channels],
+            sum_sq: vec![0.0; channels],
+            count: 0.0,
+        }
+    }
+
+    /// Adds a batch `(N, C)` or `(N, C, H, W)`.
+    pub(crate) fn add<const D: usize>(&mut self, x: &Tensor<D>) -> Result<()> {
+        let c = self.sum.len();
+        check_channels("ActNorm", x, c)?;
+        let positions = positions(x);
+        let values = to_f64(x);
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(FlowError::value(
+                "ActNorm initialisation",
+                "input contains NaN or infinite values",
+            ));
+        }
+        for (i, run) in values.chunks(positions.max(1)).enumerate() {
+            let ch = i % c;
+            self.sum[ch] += run.iter().sum::<f64>();
+            self.sum_sq[ch] += run.iter().map(|v| v * v).sum::<f64>();
+        }
+        self.count += (values.len() / c.max(1)) as f64;
+        Ok(())
+    }
+
+    /// Mean and (unbiased) standard deviation per channel.
+    fn mean_std(&self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.count;
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(s, q)| {
+                let mean = s / n;
+                (mean, ((q - s * mean) / (n - 1.0)).max(0.0).sqrt())
+            })
+            .unzip()
     }
 }
 

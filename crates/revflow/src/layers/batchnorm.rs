@@ -69,10 +69,10 @@ impl BatchNormFlow {
         x.device().is_autodiff() && self.training.is_enabled()
     }
 
-    /// Batch statistics (training) or running averages, per channel.
-    fn statistics<const D: usize>(&self, x: &Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+    /// Batch statistics (`training`) or running averages, per channel.
+    fn statistics<const D: usize>(&self, x: &Tensor<D>, training: bool) -> (Tensor<1>, Tensor<1>) {
         let device = x.device();
-        if !self.is_training(x) {
+        if !training {
             return (
                 self.running_mean.value().to_device(&device),
                 self.running_var.value().to_device(&device),
@@ -94,13 +94,16 @@ impl BatchNormFlow {
         update(&self.running_var, &var);
         (mean, var)
     }
-}
 
-impl<const D: usize> Flow<D> for BatchNormFlow {
-    fn forward(&self, x: Tensor<D>, _: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+    /// The forward map with batch statistics (`training`) or running averages.
+    fn apply<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        training: bool,
+    ) -> Result<(Tensor<D>, Tensor<1>)> {
         let c = self.channels();
         check_channels("BatchNormFlow", &x, c)?;
-        let (mean, var) = self.statistics(&x);
+        let (mean, var) = self.statistics(&x, training);
         let log_std = (var + self.epsilon).log() * 0.5;
         let log_scale = self.log_gamma.val() - log_std;
         let logdet = log_scale.clone().sum() * positions(&x) as f64;
@@ -109,6 +112,20 @@ impl<const D: usize> Flow<D> for BatchNormFlow {
             * log_scale.exp().reshape(channel_shape::<D>(c))
             + self.beta.val().reshape(channel_shape::<D>(c));
         Ok((y, logdet.expand([n])))
+    }
+}
+
+impl<const D: usize> Flow<D> for BatchNormFlow {
+    fn forward(&self, x: Tensor<D>, _: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+        let training = self.is_training(&x);
+        self.apply(x, training)
+    }
+
+    /// As a training step's forward pass (batch statistics, running averages updated) on any
+    /// device: initialisation runs without autodiff.
+    fn data_init(self, x: Tensor<D>, _: Cond) -> Result<(Self, Tensor<D>)> {
+        let (y, _) = self.apply(x, true)?;
+        Ok((self, y))
     }
 
     fn inverse(&self, y: Tensor<D>, _: Cond) -> Result<Tensor<D>> {

@@ -13,7 +13,7 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{check_channels, rank, sum_per_sample, Cond, Flow};
+use crate::flow::{check_channels, in_chunks, rank, sum_per_sample, Cond, Flow, INIT_CHUNK};
 use crate::nets::Conditioner;
 
 /// Which entries stay fixed and feed the network.
@@ -250,10 +250,12 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
     fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
         self.check(&x)?;
         let (a, _) = self.mask.split(x.clone());
-        let (net, _) = self.net.data_init(a, cond)?;
+        let net = self.net.data_init(a, cond)?;
         let layer = Coupling { net, ..self };
-        let (y, _) = layer.forward(x, cond)?;
-        Ok((layer, y))
+        let parts = in_chunks(&x, cond, INIT_CHUNK, |x, cond| {
+            Ok(layer.forward(x, cond)?.0)
+        })?;
+        Ok((layer, Tensor::cat(parts, 0)))
     }
 }
 

@@ -11,6 +11,7 @@ mod scale;
 mod split;
 mod squeeze;
 
+pub(crate) use actnorm::ChannelStats;
 pub use actnorm::{ActNorm, ActNormConfig};
 pub use batchnorm::{BatchNormFlow, BatchNormFlowConfig};
 pub use coupling::{Coupling, CouplingConfig, CouplingKind, Mask};

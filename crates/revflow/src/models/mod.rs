@@ -189,6 +189,10 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     pub fn init(&self, device: &Device) -> Result<Model> {
+        crate::limits::check(
+            format!("the {} model's parameters", self.name()),
+            crate::limits::parameters(self),
+        )?;
         Ok(match self {
             ModelConfig::Glow(c) => Model::Glow(multiscale::glow(c, device)?),
             ModelConfig::Realnvp(c) => Model::Realnvp(multiscale::realnvp(c, device)?),
@@ -299,7 +303,15 @@ impl Model {
     }
 
     /// Data-dependent initialisation (ActNorm) from a first batch.
+    ///
+    /// It runs without autodiff, whatever the device (statistics need no gradients, and a
+    /// graph would hold every activation of the batch), and ready for training again after.
     pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
+        if x.device().is_autodiff() {
+            let cond = cond.map(|c| c.clone().inner());
+            let model = self.valid().data_init(x.inner(), cond.as_ref())?;
+            return Ok(model.train());
+        }
         Ok(match self {
             Model::Glow(m) => Model::Glow(m.data_init(x, cond)?),
             Model::Realnvp(m) => Model::Realnvp(m.data_init(x, cond)?),
@@ -550,6 +562,35 @@ mod tests {
         );
         let err = model.decode(&[randn([1, 8], &dev)], None).unwrap_err();
         assert!(err.to_string().contains("latent levels"), "{err}");
+    }
+
+    #[test]
+    fn initialisation_on_the_training_device_keeps_no_graph_and_stays_trainable() {
+        let dev = device();
+        dev.seed(6);
+        let config = configs()[0].clone();
+        let fresh = config.init(&dev).unwrap();
+        let x = pixels(5, config.dims(), &dev);
+        // The same dequantisation noise for both.
+        dev.seed(7);
+        let plain = fresh.clone().data_init(x.clone(), None).unwrap();
+        dev.seed(7);
+        let trained = fresh.train().data_init(x.clone().autodiff(), None).unwrap();
+        let Model::Glow(glow) = &trained else {
+            panic!("glow expected")
+        };
+        let crate::layers::Layer::ActNorm(norm) = &glow.levels[0].after.layers[0] else {
+            panic!("ActNorm first")
+        };
+        assert!(norm.bias.val().is_require_grad() && norm.bias.val().device().is_autodiff());
+        let (a, _) = plain.log_prob(x.clone(), None, false).unwrap();
+        let (b, _) = trained.valid().log_prob(x, None, false).unwrap();
+        assert!(
+            max_abs_diff(&a, &b) < 1e-4,
+            "{:?} vs {:?}",
+            to_vec(a),
+            to_vec(b)
+        );
     }
 
     #[test]

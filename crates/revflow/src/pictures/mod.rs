@@ -10,6 +10,38 @@ use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use crate::error::{FlowError, Result};
 use crate::weights::write_atomic;
 
+/// Width and height of [`grid`]'s picture of `count` images.
+fn grid_size(count: usize, [_, h, w]: [usize; 3], cols: usize, scale: usize) -> (f64, f64) {
+    let cols = cols.clamp(1, count.max(1));
+    let rows = count.div_ceil(cols).max(1);
+    let f = |v: usize| v as f64;
+    let cell = |side: usize| f(side) * f(scale) + 1.0;
+    (f(cols) * cell(w) + 1.0, f(rows) * cell(h) + 1.0)
+}
+
+/// Refuses a [`grid`] of `count` images that would exceed the memory limit (with `extra`
+/// bytes the caller holds besides) or PNG's size limit, before anything is computed.
+pub fn check_grid(
+    count: usize,
+    shape: [usize; 3],
+    cols: usize,
+    scale: usize,
+    extra: f64,
+) -> Result<()> {
+    let (width, height) = grid_size(count, shape, cols, scale);
+    let png_max = i32::MAX as f64;
+    if width > png_max || height > png_max {
+        return Err(FlowError::Picture(format!(
+            "a grid of {count} images would be {width}×{height} pixels, above PNG's limit of \
+             {png_max} pixels a side; ask for fewer images"
+        )));
+    }
+    crate::limits::check(
+        format!("a picture of {count} images ({width}×{height} pixels)"),
+        width * height * 3.0 + extra,
+    )
+}
+
 /// Lays out `images` (each C×H×W 8-bit, C = 1 or 3) in a grid of `cols` columns with a
 /// 1-pixel gap, each image magnified `scale` times.
 pub fn grid(images: &[Vec<u8>], shape: [usize; 3], cols: usize, scale: usize) -> RgbImage {

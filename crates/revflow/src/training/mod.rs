@@ -132,6 +132,7 @@ impl Run<'_> {
         let tc = &self.config.train;
         check_data(&self.config.model, &self.data.train, "training")?;
         check_data(&self.config.model, &self.data.test, "test")?;
+        crate::limits::check_training(&self.config.model, tc.batch_size)?;
         let mut optimizer = AdamConfig::new()
             .with_grad_clipping(Some(GradientClippingConfig::Norm(tc.grad_clip as f32)))
             .with_weight_decay(
