@@ -386,7 +386,7 @@ pub fn encode(args: EncodeArgs) -> Result<Report> {
     let run = open(&args.run)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
     let (x, labels) = run.inputs(&args.inputs, class)?;
-    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
+    let zs = latents::encode(&run.model, x, run.labels(&labels).as_ref())?;
     let meta = HashMap::from([
         ("run".to_string(), args.run.display().to_string()),
         ("model".to_string(), run.config.model.name().to_string()),
@@ -431,7 +431,7 @@ pub fn decode(args: DecodeArgs) -> Result<Report> {
         .map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect())
         .filter(|l: &Vec<usize>| l.len() == n)
         .unwrap_or_else(|| vec![0; n]);
-    let x = run.model.decode(&zs, run.labels(&labels).as_ref())?;
+    let x = latents::decode(&run.model, &zs, run.labels(&labels).as_ref())?;
     match run.config.model.image_shape() {
         Some(shape) => {
             std::fs::create_dir_all(&args.out).map_err(|source| FlowError::Io {

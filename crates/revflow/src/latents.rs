@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{FlowError, Result};
-use crate::flow::Cond;
+use crate::flow::{in_chunks, Cond};
 use crate::models::Model;
 use crate::weights::write_atomic;
 
@@ -78,6 +78,44 @@ pub fn load(path: &Path, device: &Device) -> Result<(Vec<Tensor<2>>, HashMap<Str
     Ok((levels, meta.metadata().clone().unwrap_or_default()))
 }
 
+/// Inputs per batch when encoding or decoding many: memory follows the batch, not the count.
+pub const BATCH: usize = 256;
+
+/// [`Model::encode`] in batches of [`BATCH`], each level's rows in input order.
+pub fn encode(model: &Model, x: Tensor<2>, cond: Cond) -> Result<Vec<Tensor<2>>> {
+    if x.dims()[0] <= BATCH {
+        return model.encode(x, cond);
+    }
+    let parts = in_chunks(&x, cond, BATCH, |x, cond| model.encode(x, cond))?;
+    let levels = parts.first().map_or(0, Vec::len);
+    Ok((0..levels)
+        .map(|l| Tensor::cat(parts.iter().map(|p| p[l].clone()).collect(), 0))
+        .collect())
+}
+
+/// [`Model::decode`] in batches of [`BATCH`]; every level must have one row per input.
+pub fn decode(model: &Model, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
+    let n = zs.first().map_or(0, |z| z.dims()[0]);
+    if let Some(z) = zs.iter().find(|z| z.dims()[0] != n) {
+        return Err(FlowError::shape(
+            "decode",
+            format!("{n} rows in every latent level"),
+            z.dims(),
+        ));
+    }
+    if n <= BATCH {
+        return model.decode(zs, cond);
+    }
+    let mut parts = Vec::with_capacity(n.div_ceil(BATCH));
+    for start in (0..n).step_by(BATCH) {
+        let len = BATCH.min(n - start);
+        let z: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, start, len)).collect();
+        let part_cond = cond.map(|c| c.clone().narrow(0, start, len));
+        parts.push(model.decode(&z, part_cond.as_ref())?);
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
 /// Mean latent (every level) of a group of inputs, encoded in batches of 256; `cond` holds
 /// their one-hot labels for class-conditional models.
 pub fn mean(model: &Model, x: Tensor<2>, cond: Option<&Tensor<2>>) -> Result<Vec<Tensor<2>>> {
@@ -144,6 +182,34 @@ pub fn pixels(x: Tensor<2>) -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::testing::*;
+
+    #[test]
+    fn many_inputs_are_encoded_and_decoded_in_batches() {
+        let dev = device();
+        let config = crate::models::ModelConfig::Glow(crate::models::GlowConfig {
+            shape: [1, 4, 4],
+            levels: 2,
+            depth: 1,
+            hidden: 8,
+            ..Default::default()
+        });
+        let model = perturb(config.init(&dev).unwrap(), 0.05, 1);
+        let x = Tensor::<2>::random(
+            [BATCH + 44, 16],
+            burn::tensor::Distribution::Uniform(0.0, 256.0),
+            &dev,
+        )
+        .floor();
+        let zs = encode(&model, x.clone(), None).unwrap();
+        let whole = model.encode(x.clone(), None).unwrap();
+        for (a, b) in zs.iter().zip(&whole) {
+            assert!(max_abs_diff(a, b) < 1e-4);
+        }
+        assert_eq!(to_vec(decode(&model, &zs, None).unwrap()), to_vec(x));
+        let short = vec![zs[0].clone(), zs[1].clone().narrow(0, 0, 3)];
+        let err = decode(&model, &short, None).unwrap_err().to_string();
+        assert!(err.contains("300 rows in every latent level"), "{err}");
+    }
 
     #[test]
     fn latents_round_trip_bit_for_bit() {

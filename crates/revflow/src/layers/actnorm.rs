@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{channel_shape, check_channels, positions, to_f64, Cond, Flow};
+use crate::flow::{channel_shape, check_channels, positions, Cond, Flow};
 
 /// Configuration of an [`ActNorm`] layer.
 #[derive(Debug, Clone)]
@@ -128,6 +128,14 @@ impl ActNorm {
     }
 }
 
+/// Host copy of a float tensor's values.
+fn to_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
+
 /// Per-channel sum and sum of squares of everything seen, in f64, so that statistics gathered
 /// chunk by chunk equal those of the whole batch.
 #[derive(Debug, Clone)]
@@ -152,17 +160,21 @@ impl ChannelStats {
         let c = self.sum.len();
         check_channels("ActNorm", x, c)?;
         let positions = positions(x);
-        let values = to_f64(x);
-        if values.iter().any(|v| !v.is_finite()) {
+        let values = to_f32(x);
+        for (i, run) in values.chunks(positions.max(1)).enumerate() {
+            let ch = i % c;
+            let (sum, sum_sq) = run.iter().fold((0f64, 0f64), |(s, q), &v| {
+                let v = v as f64;
+                (s + v, q + v * v)
+            });
+            self.sum[ch] += sum;
+            self.sum_sq[ch] += sum_sq;
+        }
+        if !self.sum_sq.iter().all(|q| q.is_finite()) {
             return Err(FlowError::value(
                 "ActNorm initialisation",
                 "input contains NaN or infinite values",
             ));
-        }
-        for (i, run) in values.chunks(positions.max(1)).enumerate() {
-            let ch = i % c;
-            self.sum[ch] += run.iter().sum::<f64>();
-            self.sum_sq[ch] += run.iter().map(|v| v * v).sum::<f64>();
         }
         self.count += (values.len() / c.max(1)) as f64;
         Ok(())

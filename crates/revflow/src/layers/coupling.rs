@@ -13,7 +13,7 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{check_channels, in_chunks, rank, sum_per_sample, Cond, Flow, INIT_CHUNK};
+use crate::flow::{check_channels, rank, sum_per_sample, Cond, Flow};
 use crate::nets::Conditioner;
 
 /// Which entries stay fixed and feed the network.
@@ -206,18 +206,19 @@ impl<N: Module> Coupling<N> {
     }
 }
 
-impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
-    fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
-        self.check(&x)?;
-        let n = x.dims()[0];
-        let (a, b) = self.mask.split(x);
-        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
-            // Network and coupling in one operation where the network offers it (CPU).
-            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, false, cond)? {
-                return Ok((self.mask.merge(a, b), sum_per_sample(log_scale)));
-            }
-        }
-        let (shift, log_scale) = self.params(self.net.forward(a.clone(), cond)?);
+impl<N: Module> Coupling<N> {
+    /// `(x_a, x_b)` and the network's output on `x_a` → the coupling's output and log-det.
+    fn couple<const D: usize>(
+        &self,
+        a: Tensor<D>,
+        b: Tensor<D>,
+        h: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<1>)
+    where
+        N: Conditioner<D>,
+    {
+        let n = a.dims()[0];
+        let (shift, log_scale) = self.params(h);
         let (b, logdet) = match (self.kind, log_scale) {
             (CouplingKind::AffineGlow, Some(s)) => {
                 ((b + shift) * s.clone().exp(), sum_per_sample(s))
@@ -227,7 +228,22 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
             }
             _ => (b + shift, Tensor::zeros([n], &a.device())),
         };
-        Ok((self.mask.merge(a, b), logdet))
+        (self.mask.merge(a, b), logdet)
+    }
+}
+
+impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
+    fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+        self.check(&x)?;
+        let (a, b) = self.mask.split(x);
+        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
+            // Network and coupling in one operation where the network offers it (CPU).
+            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, false, cond)? {
+                return Ok((self.mask.merge(a, b), sum_per_sample(log_scale)));
+            }
+        }
+        let h = self.net.forward(a.clone(), cond)?;
+        Ok(self.couple(a, b, h))
     }
 
     fn inverse(&self, y: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
@@ -247,15 +263,15 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
         Ok(self.mask.merge(a, b))
     }
 
+    /// The network initialised on the batch; its output then gives the coupling's, so that
+    /// the network runs once.
     fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
         self.check(&x)?;
-        let (a, _) = self.mask.split(x.clone());
-        let net = self.net.data_init(a, cond)?;
+        let (a, b) = self.mask.split(x);
+        let (net, h) = self.net.data_init(a.clone(), cond)?;
         let layer = Coupling { net, ..self };
-        let parts = in_chunks(&x, cond, INIT_CHUNK, |x, cond| {
-            Ok(layer.forward(x, cond)?.0)
-        })?;
-        Ok((layer, Tensor::cat(parts, 0)))
+        let (y, _) = layer.couple(a, b, h);
+        Ok((layer, y))
     }
 }
 
