@@ -132,7 +132,7 @@ impl ActNorm {
 fn to_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap_or_default()
 }
 
