@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod conv;
+mod convnet_init;
 pub mod data;
 pub mod device;
 pub mod distributions;

@@ -13,7 +13,7 @@ use crate::conv::conv_same;
 use crate::error::{FlowError, Result};
 use crate::flow::{in_chunks, Cond, Flow, INIT_CHUNK};
 use crate::fused;
-use crate::layers::{ActNorm, ActNormConfig, ChannelStats};
+use crate::layers::{ActNorm, ActNormConfig};
 
 /// A network inside a coupling layer, on rank-`D` tensors.
 pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
@@ -43,7 +43,11 @@ pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
 }
 
 /// Appends the class one-hot `(N, K)` as K constant channels (images) or features (vectors).
-fn with_cond<const D: usize>(x: Tensor<D>, cond: Cond, classes: usize) -> Result<Tensor<D>> {
+pub(crate) fn with_cond<const D: usize>(
+    x: Tensor<D>,
+    cond: Cond,
+    classes: usize,
+) -> Result<Tensor<D>> {
     match (cond, classes) {
         // An unconditional network ignores labels the model may pass to every layer.
         (_, 0) => Ok(x),
@@ -78,7 +82,7 @@ fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Con
 }
 
 /// `conv` applied through [`conv_same`]: same parameters, faster gradients.
-fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
 }
 
@@ -244,64 +248,6 @@ impl Conditioner<4> for ConvNet {
     }
 }
 
-/// Bytes of second-layer activations that initialisation keeps for the whole batch rather than
-/// compute twice (at Glow's width 512 on 28×28 images, 256 samples hold 100 MiB).
-const INIT_KEEP_BYTES: usize = 256 << 20;
-
-impl ConvNet {
-    /// Initialises each ActNorm from the statistics of its input over the whole batch `x`,
-    /// gathered `chunk` samples at a time: one pass for the first ActNorm, a second (through
-    /// the first, now initialised) for the second; returns the network and its output on `x`.
-    /// Only a chunk's hidden tensors exist at once, besides the second layer's outputs when
-    /// they fit [`INIT_KEEP_BYTES`] (then the output needs no third pass).
-    pub(crate) fn data_init_chunked(
-        self,
-        x: Tensor<4>,
-        cond: Cond,
-        chunk: usize,
-    ) -> Result<(Self, Tensor<4>)> {
-        let x = with_cond(x, cond, self.classes)?;
-        let [n, _, h, w] = x.dims();
-        let mut stats = ChannelStats::new(self.norm1.channels());
-        in_chunks(&x, None, chunk, |x, _| stats.add(&apply(&self.conv1, x)))?;
-        let norm1 = self.norm1.init_from(&stats)?;
-        let second = |x: Tensor<4>| -> Result<Tensor<4>> {
-            let (h, _) = norm1.forward(apply(&self.conv1, x), None)?;
-            Ok(apply(&self.conv2, relu(h)))
-        };
-        let hidden = self.norm2.channels();
-        let keep = n.saturating_mul(hidden * h * w * 4) <= INIT_KEEP_BYTES;
-        let mut stats = ChannelStats::new(hidden);
-        let kept = in_chunks(&x, None, chunk, |x, _| {
-            let h = second(x)?;
-            stats.add(&h)?;
-            Ok(keep.then_some(h))
-        })?;
-        let norm2 = self.norm2.init_from(&stats)?;
-        let last = |h: Tensor<4>| -> Result<Tensor<4>> {
-            let (h, _) = norm2.forward(h, None)?;
-            Ok(self.out.forward(relu(h)))
-        };
-        let parts = match keep {
-            true => kept
-                .into_iter()
-                .flatten()
-                .map(last)
-                .collect::<Result<Vec<_>>>()?,
-            false => in_chunks(&x, None, chunk, |x, _| last(second(x)?))?,
-        };
-        let y = Tensor::cat(parts, 0);
-        Ok((
-            ConvNet {
-                norm1,
-                norm2,
-                ..self
-            },
-            y,
-        ))
-    }
-}
-
 /// RealNVP's coupling network: conv3×3 in, residual blocks (ReLU → conv3×3 → ReLU → conv3×3,
 /// plus the skip), ReLU, zero conv3×3 out.
 #[derive(Debug, Clone)]
@@ -427,60 +373,5 @@ impl Conditioner<2> for Mlp {
         let h = with_cond(x, cond, self.classes)?;
         let h = self.hidden.iter().fold(h, |h, l| relu(l.forward(h)));
         Ok(self.out.forward(h))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::*;
-
-    fn close(a: Vec<f32>, b: Vec<f32>, what: &str) {
-        for (x, y) in a.iter().zip(&b) {
-            let rel = (x - y).abs() / x.abs().max(y.abs()).max(1e-6);
-            assert!(rel < 1e-5, "{what}: {x} vs {y} (relative {rel})");
-        }
-    }
-
-    #[test]
-    fn chunked_initialisation_gives_the_whole_batch_statistics() {
-        let dev = device();
-        dev.seed(9);
-        let net = perturb(
-            ConvNetConfig::new(3, 4, 16).with_classes(2).init(&dev),
-            0.3,
-            4,
-        );
-        let x = randn([11, 3, 5, 5], &dev) * 2.0 + 3.0;
-        let labels = one_hot(&[0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], 2, &dev);
-        let (whole, y) = net
-            .clone()
-            .data_init_chunked(x.clone(), Some(&labels), 11)
-            .unwrap();
-        for chunk in [1, 3, 4] {
-            let (chunked, y_chunked) = net
-                .clone()
-                .data_init_chunked(x.clone(), Some(&labels), chunk)
-                .unwrap();
-            close(to_vec(y.clone()), to_vec(y_chunked), "output");
-            for (a, b, what) in [
-                (&whole.norm1, &chunked.norm1, "norm1"),
-                (&whole.norm2, &chunked.norm2, "norm2"),
-            ] {
-                assert!(b.is_initialized());
-                close(to_vec(a.bias.val()), to_vec(b.bias.val()), what);
-                close(to_vec(a.log_scale.val()), to_vec(b.log_scale.val()), what);
-            }
-        }
-        // The first ActNorm standardises the first convolution's output.
-        let h = apply(&whole.conv1, with_cond(x, Some(&labels), 2).unwrap());
-        let (h, _) = whole.norm1.forward(h, None).unwrap();
-        let flat = h.swap_dims(0, 1).reshape([16, -1]);
-        for m in to_vec(flat.clone().mean_dim(1)) {
-            assert!(m.abs() < 1e-4, "mean {m}");
-        }
-        for v in to_vec(flat.var(1)) {
-            assert!((v - 1.0).abs() < 1e-3, "variance {v}");
-        }
     }
 }

@@ -392,6 +392,50 @@ pub fn forward(x: &[f32], d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<S
     (out, saved)
 }
 
+/// The second convolution's output before its ActNorm, `conv1×1(relu(ActNorm₁(conv3×3(x))))`,
+/// one row per pixel: what that ActNorm's data-dependent initialisation needs (`log_s2`,
+/// `b2` and the last layer are not read). [`from_second`] finishes the forward pass from it.
+pub fn second(x: &[f32], d: Dims, p: Params) -> Vec<f32> {
+    let (rows, hidden, c_in) = (d.rows(), d.hidden, d.c_in);
+    let s1 = exp(p.log_s1, 1.0);
+    let a1 = im2col(x, d, c_in, 1);
+    let (w1, b1) = (taps_by_input(p.w1, hidden, c_in, &s1), times(p.b1, &s1));
+    let w2 = transposed_scaled(p.w2, hidden, hidden, &vec![1.0; hidden]);
+    let block = block_rows(rows);
+    let (mut h1, mut m2) = (uninit(rows * hidden), uninit(rows * hidden));
+    h1.par_chunks_mut(block * hidden)
+        .zip(m2.par_chunks_mut(block * hidden))
+        .enumerate()
+        .for_each(|(i, (h1, m2))| {
+            let n = h1.len() / hidden;
+            let a1 = &a1[i * block * 9 * c_in..][..n * 9 * c_in];
+            let h1 = product(h1, mat(a1, n, 9 * c_in), mat(&w1, 9 * c_in, hidden), false);
+            bias_relu(h1, &b1);
+            product(m2, mat(h1, n, hidden), mat(&w2, hidden, hidden), false);
+        });
+    // SAFETY: the blocks cover the buffer, and `product` wrote every value of each.
+    unsafe { assume_init(m2) }
+}
+
+/// The network's output (NCHW, `c_out` channels) from [`second`]'s `m2`:
+/// `conv3×3(relu(ActNorm₂(m2)))`, as [`forward`] computes it.
+pub fn from_second(mut m2: Vec<f32>, d: Dims, p: Params) -> Vec<f32> {
+    let (hidden, c_out) = (d.hidden, d.c_out);
+    let (s2, s3) = (exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
+    // relu((m2 + b2)·s2) = relu(m2·s2 + b2·s2), in the order `forward` folds it.
+    let b2 = times(p.b2, &s2);
+    m2.par_chunks_mut(BLOCK * hidden).for_each(|rows| {
+        for row in rows.chunks_exact_mut(hidden) {
+            for ((v, s), b) in row.iter_mut().zip(&s2).zip(&b2) {
+                *v = (*v * s + b).max(0.0);
+            }
+        }
+    });
+    let w3 = taps_by_output(p.w3, c_out, hidden, &s3);
+    let z = matmul(mat(&m2, d.rows(), hidden), mat(&w3, hidden, 9 * c_out));
+    col2im(&z, d, c_out, 1, &times(p.b3, &s3))
+}
+
 /// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
 pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
     let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);

@@ -170,14 +170,32 @@ impl ChannelStats {
             self.sum[ch] += sum;
             self.sum_sq[ch] += sum_sq;
         }
-        if !self.sum_sq.iter().all(|q| q.is_finite()) {
-            return Err(FlowError::value(
+        self.count += (values.len() / c.max(1)) as f64;
+        self.check_finite()
+    }
+
+    /// Adds a matrix with one row per position and one column per channel.
+    pub(crate) fn add_rows(&mut self, rows: &[f32]) -> Result<()> {
+        let c = self.sum.len();
+        for row in rows.chunks_exact(c.max(1)) {
+            for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(row) {
+                let v = v as f64;
+                *s += v;
+                *q += v * v;
+            }
+        }
+        self.count += (rows.len() / c.max(1)) as f64;
+        self.check_finite()
+    }
+
+    fn check_finite(&self) -> Result<()> {
+        match self.sum_sq.iter().all(|q| q.is_finite()) {
+            true => Ok(()),
+            false => Err(FlowError::value(
                 "ActNorm initialisation",
                 "input contains NaN or infinite values",
-            ));
+            )),
         }
-        self.count += (values.len() / c.max(1)) as f64;
-        Ok(())
     }
 
     /// Mean and (unbiased) standard deviation per channel.
