@@ -103,9 +103,10 @@ struct Shape {
     widest: f64,
 }
 
-/// Kept tensors per hidden layer of a coupling network in the backward pass (convolution
-/// input, normalised, activated), with margin.
-const KEPT_PER_HIDDEN: f64 = 6.0;
+/// Hidden-width maps per coupling network the backward pass keeps (two in the fused CPU
+/// operation, more composed), with margin. Measured: Glow, width 512, 28×28, batch 32 peaks at
+/// 0.35 GiB; this estimate says 0.57 GiB.
+const KEPT_PER_HIDDEN: f64 = 4.0;
 /// Kept tensors per flow step at the data's width (each layer's input and output, with margin).
 const KEPT_PER_STEP: f64 = 12.0;
 
@@ -269,11 +270,12 @@ mod tests {
                 ..Default::default()
             })
         };
-        // The paper's width at batch 32 is a modest request; a billion channels is not.
+        // The paper's width at batch 32 peaks at 0.35 GiB (bench/README.md): the estimate is
+        // above that, and below the PyTorch peer's 1.7 GB. A billion channels is refused.
+        let paper = training(&glow(512), 32);
         assert!(
-            training(&glow(512), 32) < 4e9,
-            "{}",
-            training(&glow(512), 32)
+            paper > 0.35 * (1u64 << 30) as f64 && paper < 1.7e9,
+            "{paper}"
         );
         let huge = parameters(&glow(1_000_000_000));
         assert!(huge.is_finite() && huge > 1e18);
