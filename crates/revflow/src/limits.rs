@@ -2,8 +2,8 @@
 //! sizes, file headers, widths, sample counts) is estimated first and refused above a limit,
 //! so that it fails with one line instead of an allocation abort.
 //!
-//! The limit is three quarters of physical memory, or `REVFLOW_MEMORY_LIMIT` (bytes, or a size
-//! with a K/M/G/T suffix, powers of 1024).
+//! The limit is three quarters of physical memory (or of a container's memory limit), or
+//! `REVFLOW_MEMORY_LIMIT` (bytes, or a size with a K/M/G/T suffix, powers of 1024).
 
 use std::path::Path;
 
@@ -197,12 +197,20 @@ impl Shape {
     }
 }
 
-/// Physical memory from /proc/meminfo's MemTotal.
+/// Physical memory from /proc/meminfo's MemTotal, or a container's memory limit (cgroup v2 or
+/// v1) when that is lower.
 fn physical() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok())
+    .min();
+    Some(kib.checked_mul(1024)?.min(cgroup.unwrap_or(u64::MAX)))
 }
 
 /// `123`, `512K`, `8G`, `1.5T` (powers of 1024; an optional trailing `B`/`iB`).
