@@ -12,7 +12,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::Result;
-use crate::flow::{in_chunks, Cond, Flow};
+use crate::flow::{in_chunks, to_f32, Cond, Flow};
 use crate::fused::kernels::{self, Dims, Params};
 use crate::layers::{ActNorm, ChannelStats};
 use crate::nets::{apply, with_cond, ConvNet};
@@ -38,7 +38,7 @@ impl ConvNet {
             ..self
         };
         let (norm2, y) = match net.fused_weights(&x.device()) {
-            Some(_) => second_pass(&Fused::new(&net, &x), &x, chunk, net.norm2.clone())?,
+            Some(_) => second_pass(&Fused::new(&net, &x)?, &x, chunk, net.norm2.clone())?,
             None => second_pass(&Composed(&net), &x, chunk, net.norm2.clone())?,
         };
         Ok((ConvNet { norm2, ..net }, y))
@@ -118,22 +118,14 @@ struct Fused {
     log_s3: Vec<f32>,
 }
 
-/// Host copy of a float tensor's values.
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
-
-fn weight(conv: &Conv2d) -> Vec<f32> {
-    host(conv.weight.val())
+fn weight(conv: &Conv2d) -> Result<Vec<f32>> {
+    to_f32(&conv.weight.val())
 }
 
 impl Fused {
-    fn new(net: &ConvNet, x: &Tensor<4>) -> Self {
+    fn new(net: &ConvNet, x: &Tensor<4>) -> Result<Self> {
         let [_, c_in, h, w] = x.dims();
-        Fused {
+        Ok(Fused {
             device: x.device(),
             dims: Dims {
                 n: 0,
@@ -143,20 +135,18 @@ impl Fused {
                 h,
                 w,
             },
-            w1: weight(&net.conv1),
-            log_s1: host(net.norm1.log_scale.val()),
-            b1: host(net.norm1.bias.val()),
-            w2: weight(&net.conv2),
-            w3: weight(&net.out.conv),
-            b3: net
-                .out
-                .conv
-                .bias
-                .as_ref()
-                .map(|b| host(b.val()))
-                .unwrap_or_default(),
-            log_s3: host(net.out.log_scale.val()),
-        }
+            w1: weight(&net.conv1)?,
+            log_s1: to_f32(&net.norm1.log_scale.val())?,
+            b1: to_f32(&net.norm1.bias.val())?,
+            w2: weight(&net.conv2)?,
+            w3: weight(&net.out.conv)?,
+            // Present: `fused_weights`, which chose this path, requires it.
+            b3: match &net.out.conv.bias {
+                Some(b) => to_f32(&b.val())?,
+                None => Vec::new(),
+            },
+            log_s3: to_f32(&net.out.log_scale.val())?,
+        })
     }
 
     fn params<'a>(&'a self, log_s2: &'a [f32], b2: &'a [f32]) -> Params<'a> {
@@ -185,7 +175,7 @@ impl SecondLayer for Fused {
     fn second(&self, x: Tensor<4>) -> Result<(Vec<f32>, usize)> {
         let n = x.dims()[0];
         Ok((
-            kernels::second(&host(x), self.dims(n), self.params(&[], &[])),
+            kernels::second(&to_f32(&x)?, self.dims(n), self.params(&[], &[])),
             n,
         ))
     }
@@ -195,7 +185,7 @@ impl SecondLayer for Fused {
     }
 
     fn output(&self, norm2: &ActNorm, (h, n): (Vec<f32>, usize)) -> Result<Tensor<4>> {
-        let (log_s2, b2) = (host(norm2.log_scale.val()), host(norm2.bias.val()));
+        let (log_s2, b2) = (to_f32(&norm2.log_scale.val())?, to_f32(&norm2.bias.val())?);
         let d = self.dims(n);
         let y = kernels::from_second(h, d, self.params(&log_s2, &b2));
         Ok(Tensor::from_data(

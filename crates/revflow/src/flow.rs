@@ -153,6 +153,14 @@ pub(crate) fn rank<const A: usize, const B: usize>(t: Tensor<A>) -> Tensor<B> {
     t.reshape(dims)
 }
 
+/// Host copy of a float tensor's values as f32 (without a copy through another type).
+pub(crate) fn to_f32<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>> {
+    t.to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| FlowError::value("tensor", format!("not readable as f32 values: {e:?}")))
+}
+
 /// Host copy of a tensor's values as f64.
 pub(crate) fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
     t.to_data().try_to_vec_as::<f64>().expect("float tensor")

@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{channel_shape, check_channels, positions, Cond, Flow};
+use crate::flow::{channel_shape, check_channels, positions, to_f32, Cond, Flow};
 
 /// Configuration of an [`ActNorm`] layer.
 #[derive(Debug, Clone)]
@@ -128,14 +128,6 @@ impl ActNorm {
     }
 }
 
-/// Host copy of a float tensor's values.
-fn to_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.to_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
-
 /// Per-channel sum and sum of squares of everything seen, in f64, so that statistics gathered
 /// chunk by chunk equal those of the whole batch.
 #[derive(Debug, Clone)]
@@ -160,7 +152,7 @@ impl ChannelStats {
         let c = self.sum.len();
         check_channels("ActNorm", x, c)?;
         let positions = positions(x);
-        let values = to_f32(x);
+        let values = to_f32(x)?;
         for (i, run) in values.chunks(positions.max(1)).enumerate() {
             let ch = i % c;
             let (sum, sum_sq) = run.iter().fold((0f64, 0f64), |(s, q), &v| {
