@@ -6,6 +6,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{FlowError, Result};
 
@@ -26,7 +27,8 @@ pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// Loads `path` into `module`, which must have exactly the same structure and shapes.
+/// Loads `path` into `module`, which must have exactly the same structure and shapes, and
+/// finite values: a diverged model would otherwise report NaN likelihoods as results.
 pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
     let weights_error = |problem: String| FlowError::Weights {
         path: path.to_path_buf(),
@@ -36,6 +38,11 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         path: path.to_path_buf(),
         source,
     })?;
+    if let Some(name) = first_non_finite(&bytes) {
+        return Err(weights_error(format!(
+            "{name} holds NaN or infinite values; this checkpoint cannot be used (did training diverge?)"
+        )));
+    }
     // Collect every problem rather than stopping at burn's first, then report them in one line.
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .validate(false)
@@ -81,6 +88,36 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         )));
     }
     Ok(module)
+}
+
+/// The first tensor (by name) of a safetensors file that holds a NaN or ±∞; `None` also for
+/// files that do not parse (the loader reports those).
+fn first_non_finite(bytes: &[u8]) -> Option<String> {
+    let file = SafeTensors::deserialize(bytes).ok()?;
+    let mut names = file.names();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .find(|name| {
+            file.tensor(name)
+                .is_ok_and(|t| non_finite(t.dtype(), t.data()))
+        })
+        .map(str::to_string)
+}
+
+/// Whether little-endian floats of `dtype` include a NaN or ±∞: all exponent bits set.
+fn non_finite(dtype: Dtype, data: &[u8]) -> bool {
+    let (width, exponent): (usize, u64) = match dtype {
+        Dtype::F16 => (2, 0x7C00),
+        Dtype::BF16 => (2, 0x7F80),
+        Dtype::F32 => (4, 0x7F80_0000),
+        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
+        _ => return false,
+    };
+    data.chunks_exact(width).any(|b| {
+        let bits = b.iter().rev().fold(0u64, |v, &byte| (v << 8) | byte as u64);
+        bits & exponent == exponent
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
@@ -221,6 +258,39 @@ mod tests {
             err.starts_with("weights file") && err.contains("model.safetensors"),
             "{err}"
         );
+
+        // NaN weights (a diverged model saved by another program, a corrupted file).
+        save(&tiny(&dev, 1), &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        let poisoned = "flow.layers.0.ActNorm.log_scale";
+        for (name, _, _, data) in &mut tensors {
+            if name == poisoned {
+                data[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+        let views = tensors.iter().map(|(n, d, s, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap(),
+            )
+        });
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let err = load(tiny(&dev, 1), &path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors")
+                && err.contains(&format!("{poisoned} holds NaN or infinite values")),
+            "{err}"
+        );
+        assert!(non_finite(Dtype::F64, &f64::NEG_INFINITY.to_le_bytes()));
+        assert!(non_finite(Dtype::F16, &0x7E00u16.to_le_bytes()));
+        assert!(!non_finite(Dtype::F32, &f32::MAX.to_le_bytes()));
+        assert!(!non_finite(Dtype::I64, &[0xFF; 8]));
 
         let err = load(tiny(&dev, 1), &dir.join("absent.safetensors"))
             .unwrap_err()
