@@ -72,6 +72,19 @@ pub fn load(path: &Path, device: &Device) -> Result<(Vec<Tensor<2>>, HashMap<Str
             .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
         let shape = [view.shape()[0], view.shape()[1]];
+        let rows = levels.first().map_or(shape[0], |z: &Tensor<2>| z.dims()[0]);
+        if shape[0] == 0 {
+            return Err(bad(format!("z{i} has no rows: the file holds no inputs")));
+        }
+        if shape[0] != rows {
+            return Err(bad(format!(
+                "z{i} has {} rows but z0 has {rows}; every level holds one row per input",
+                shape[0]
+            )));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(bad(format!("z{i} holds NaN or infinite values")));
+        }
         levels.push(Tensor::from_data(TensorData::new(values, shape), device));
     }
     if levels.is_empty() {
@@ -117,6 +130,11 @@ pub fn walk(
     ts: &[f64],
     cond: Cond,
 ) -> Result<Tensor<2>> {
+    if ts.is_empty() {
+        return Err(FlowError::Config(
+            "a latent walk needs at least one step".into(),
+        ));
+    }
     let mut rows = Vec::with_capacity(ts.len());
     for &t in ts {
         let z: Vec<Tensor<2>> = zs
@@ -162,6 +180,21 @@ mod tests {
         assert_eq!(back.len(), 2);
         for (a, b) in levels.iter().zip(&back) {
             assert_eq!(to_vec(a.clone()), to_vec(b.clone()));
+        }
+        for (levels, problem) in [
+            (vec![randn([0, 8], &dev)], "z0 has no rows"),
+            (
+                vec![randn([2, 8], &dev), randn([3, 3], &dev)],
+                "z1 has 3 rows but z0 has 2",
+            ),
+            (
+                vec![randn([2, 8], &dev) / 0.0],
+                "z0 holds NaN or infinite values",
+            ),
+        ] {
+            save(&path, &levels, HashMap::new()).unwrap();
+            let err = load(&path, &dev).unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
         }
         std::fs::write(&path, b"junk").unwrap();
         let err = load(&path, &dev).unwrap_err().to_string();
