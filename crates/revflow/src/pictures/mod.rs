@@ -110,12 +110,14 @@ pub fn read_image(path: &Path, shape: [usize; 3]) -> Result<Vec<u8>> {
     })
 }
 
-/// One image, C×H×W 8-bit, as a grey (C = 1) or RGB (C = 3) picture of its own size.
+/// One image, C×H×W 8-bit, as an RGB (C = 3) picture of its own size, else (like [`grid`])
+/// a grey one of its first channel.
 pub fn single(pixels: &[u8], shape: [usize; 3]) -> DynamicImage {
     let [c, h, w] = shape;
-    if c == 1 {
+    if c != 3 {
+        let grey = pixels[..h * w].to_vec();
         DynamicImage::ImageLuma8(
-            ImageBuffer::from_raw(w as u32, h as u32, pixels.to_vec()).expect("h·w pixels"),
+            ImageBuffer::from_raw(w as u32, h as u32, grey).expect("h·w pixels"),
         )
     } else {
         let hw = h * w;
