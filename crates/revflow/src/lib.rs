@@ -35,6 +35,7 @@ pub mod nets;
 pub mod pictures;
 mod rng;
 pub mod training;
+pub mod validate;
 pub mod weights;
 
 #[cfg(test)]

@@ -15,10 +15,11 @@ pub use batches::{batch_indices, one_hot, rows};
 pub use checkpoint::{RunConfig, RunDir, TrainState};
 pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Data, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
+use crate::validate::{above, in_range};
 use batches::mix;
 
 /// Optimisation settings.
@@ -70,6 +72,32 @@ impl Default for TrainConfig {
             init_samples: 256,
             seed: 0,
         }
+    }
+}
+
+/// The [`TrainConfig`] fields a resumed run may change; the rest of config.json describes the
+/// checkpoint's model and the data it was trained on.
+pub const RESUMABLE: [&str; 7] = [
+    "steps",
+    "lr",
+    "warmup",
+    "grad_clip",
+    "weight_decay",
+    "eval_every",
+    "checkpoint_every",
+];
+
+impl TrainConfig {
+    /// Every field in range; errors name the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        in_range("steps", self.steps, 1..)?;
+        in_range("batch_size", self.batch_size, 1..)?;
+        in_range("lr", self.lr, above(0.0))?;
+        in_range("grad_clip", self.grad_clip, above(0.0))?;
+        in_range("weight_decay", self.weight_decay, 0.0..)?;
+        in_range("eval_every", self.eval_every, 1..)?;
+        in_range("checkpoint_every", self.checkpoint_every, 1..)?;
+        in_range("init_samples", self.init_samples, 1..)
     }
 }
 
@@ -130,6 +158,7 @@ impl Run<'_> {
         let started = Instant::now();
         let device = Device::flex().autodiff();
         let tc = &self.config.train;
+        self.config.validate()?;
         check_data(&self.config.model, &self.data.train, "training")?;
         check_data(&self.config.model, &self.data.test, "test")?;
         let mut optimizer = AdamConfig::new()
@@ -139,16 +168,16 @@ impl Run<'_> {
             )
             .init();
         let (mut model, start) = if resume {
-            let saved = self.dir.read_config()?;
-            if saved.model != self.config.model {
-                return Err(FlowError::Training(format!(
-                    "{} holds a different model; resume with the same options or choose another --out",
-                    self.dir.root.display()
-                )));
-            }
-            let state = self.dir.load_state()?;
-            optimizer = self.dir.load_optimizer(optimizer)?;
+            let state = check_resume(&self.dir, &self.config)?;
             let model = for_training(self.dir.load_model(&self.config, &device)?);
+            optimizer = self.dir.load_optimizer(optimizer)?;
+            check_optimizer(&optimizer, &model).map_err(|problem| {
+                FlowError::Training(format!(
+                    "{}: the checkpoint's optimizer state does not fit its model: {problem}; \
+                     was optimizer.bin copied from another run?",
+                    self.dir.root.display()
+                ))
+            })?;
             (model, state.step)
         } else {
             self.dir.write_config(&self.config)?;
@@ -301,6 +330,51 @@ pub(crate) fn for_training(model: Model) -> Model {
         }
     }
     model.train().map(&mut Ids(0))
+}
+
+/// Whether the run in `dir` can continue as `requested` (see [`RunConfig::check_resume`], and
+/// `steps` at least those done); returns where it stopped.
+pub fn check_resume(dir: &RunDir, requested: &RunConfig) -> Result<TrainState> {
+    dir.read_config()?.check_resume(requested)?;
+    let state = dir.load_state()?;
+    // Fewer steps than done would end at once, reporting a step count never reached.
+    in_range("train.steps", requested.train.steps, state.step..)?;
+    Ok(state)
+}
+
+/// Adam keeps moments of each parameter's shape, keyed by the parameter's id; burn panics
+/// inside the next step if they do not match, so they are compared first. `Err`: what differs.
+fn check_optimizer(
+    optimizer: &burn::optim::ModuleOptimizer,
+    model: &Model,
+) -> std::result::Result<(), String> {
+    struct Shapes(HashMap<u64, Vec<usize>>);
+    impl ModuleVisitor for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id.val(), param.val().dims().to_vec());
+        }
+    }
+    let mut params = Shapes(HashMap::new());
+    model.visit(&mut params);
+    let bytes = optimizer.into_bytes().map_err(|e| e.to_string())?;
+    let tensors = burn_pack::Reader::from_bytes(bytes)
+        .and_then(burn_pack::Reader::into_tensors)
+        .map_err(|e| e.to_string())?;
+    for t in tensors {
+        let Some(id) = t.param_id else { continue };
+        let found: &[usize] = &t.shape;
+        match params.0.get(&id) {
+            Some(shape) if shape.as_slice() == found => {}
+            Some(shape) => {
+                return Err(format!(
+                    "{} has shape {found:?} but its parameter {shape:?}",
+                    t.name
+                ))
+            }
+            None => return Err(format!("{} belongs to no parameter of the model", t.name)),
+        }
+    }
+    Ok(())
 }
 
 /// Batch size of test evaluations (its noise is seeded per batch).

@@ -797,12 +797,22 @@ fn resuming_another_model_or_no_run_is_a_clear_error() {
         "synthetic",
     );
     let err = train(other, &data, &dir, true).unwrap_err();
-    assert!(matches!(err, FlowError::Training(_)), "{err:?}");
+    assert!(matches!(err, FlowError::Resume { .. }), "{err:?}");
     let err = err.to_string();
     assert!(
-        err.contains(&dir.root.display().to_string()) && err.contains("holds a different model"),
+        err.starts_with("model.hidden 16 contradicts the run's model.hidden 8; a resume may change only train.steps, train.lr"),
         "{err}"
     );
+    // Fewer steps than already done.
+    let err = train(
+        run_config(config.model.clone(), train_config(1), "synthetic"),
+        &data,
+        &dir,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "train.steps must be an integer ≥ 2, found 1");
     // The run is untouched and still resumes with its own model.
     assert_eq!(dir.read_config().unwrap(), config);
     assert_eq!(losses(&dir).len(), 2);
