@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use revflow::device::Backend;
+use revflow::validate::in_range;
 use revflow::FlowError;
 
 /// Reversible (flow-based) generative models: NICE, RealNVP and Glow.
@@ -96,6 +97,10 @@ struct BenchArgs {
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
+    in_range("--iters", args.iters, 1..)?;
+    if let Some(batch) = args.batch {
+        in_range("--batch", batch, 1..)?;
+    }
     revflow::fused::set_enabled(!args.unfused);
     let presets = revflow::bench::presets();
     let mut chosen = Vec::new();

@@ -10,6 +10,7 @@ use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
 use revflow::pictures::{grid, read_image, save_png, scatter, single};
 use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
+use revflow::validate::in_range;
 use revflow::{FlowError, Result};
 
 use serde_json::json;
@@ -100,7 +101,7 @@ impl Loaded {
                     Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
                     None => {
                         let i: usize = range.parse().map_err(|_| bad())?;
-                        (i, i + 1)
+                        (i, i.checked_add(1).ok_or_else(bad)?)
                     }
                 };
                 if a >= b || b > data.len() {
@@ -130,6 +131,20 @@ impl Loaded {
             Tensor::from_data(TensorData::new(values, [n, d]), &self.device),
             labels,
         ))
+    }
+}
+
+impl Loaded {
+    /// Exactly one input (an image file, `test:N` or `train:N`), with its label.
+    fn one_input(&self, spec: &str) -> Result<(Tensor<2>, usize)> {
+        let (x, labels) = self.inputs(&[spec.to_string()], None)?;
+        match labels[..] {
+            [label] => Ok((x, label)),
+            _ => Err(FlowError::Config(format!(
+                "{spec}: expected one input (an image file, test:N or train:N), found {}",
+                labels.len()
+            ))),
+        }
     }
 }
 
@@ -211,6 +226,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<Report> {
+    in_range("--batch-size", args.batch_size, 1..)?;
     let run = open(&args.run)?;
     let splits = run.config.load_data()?;
     let data = match args.split.as_str() {
@@ -287,9 +303,20 @@ pub struct SampleArgs {
 }
 
 pub fn sample(args: SampleArgs) -> Result<Report> {
+    in_range("-n", args.n, 1..)?;
+    in_range("--temperature", args.temperature, 0.0..)?;
+    for &t in &args.temperatures {
+        in_range("--temperatures", t, 0.0..)?;
+    }
     let run = open(&args.run)?;
     run.device.seed(args.seed);
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
+    if class.is_some() && run.classes() == 0 {
+        return Err(FlowError::Config(format!(
+            "--class needs a class-conditional run (trained with --ycond); {} is not one",
+            args.run.display()
+        )));
+    }
     if run.classes() > 0 && class.is_none() && args.n > 0 {
         eprintln!(
             "revflow: class-conditional run; sampling classes in turn (choose one with --class)"
@@ -454,16 +481,20 @@ fn strip(
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
+    in_range("--steps", args.steps, 2..)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
-    let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
-    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
+    let ((xa, la), (xb, lb)) = (run.one_input(&args.a)?, run.one_input(&args.b)?);
+    let labels = [la, lb];
+    let zs = run
+        .model
+        .encode(Tensor::cat(vec![xa, xb], 0), run.labels(&labels).as_ref())?;
     let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
     let dir: Vec<Tensor<2>> = zs
         .iter()
         .map(|z| z.clone().narrow(0, 1, 1) - z.clone().narrow(0, 0, 1))
         .collect();
-    let steps = args.steps.max(2);
+    let steps = args.steps;
     let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
     strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
     Ok(Report {
@@ -565,8 +596,13 @@ fn attribute_groups(
 }
 
 pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
+    for &alpha in &args.alphas {
+        in_range("--alphas", alpha, ..)?;
+    }
+    in_range("--per-class", args.per_class, 1..)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("manipulate")?;
+    let (x, label) = run.one_input(&args.input)?;
     let (towards, away, what) = match (&args.attributes, &args.attribute) {
         (Some(csv), Some(attribute)) => {
             let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
@@ -616,17 +652,8 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
         }
     };
     let dir: Vec<Tensor<2>> = towards.into_iter().zip(away).map(|(a, b)| a - b).collect();
-    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
-    let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
-    strip(
-        &run,
-        &zs,
-        &dir,
-        &args.alphas,
-        input_labels[0],
-        shape,
-        &args.out,
-    )?;
+    let zs = run.model.encode(x, run.labels(&[label]).as_ref())?;
+    strip(&run, &zs, &dir, &args.alphas, label, shape, &args.out)?;
     Ok(Report {
         human: format!(
             "{} moved by α ∈ {:?} {what} in {}",

@@ -654,3 +654,306 @@ fn figures_draws_the_chosen_figure_and_refuses_unknown_ones() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Exit code 2 and exactly one line on stderr, containing `needle`: no panic, no "internal
+/// error", no progress lines before it.
+fn refused(args: &[&str], cwd: &Path, needle: &str) {
+    let out = revflow(args, cwd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "revflow {args:?}: {stderr}");
+    assert!(
+        !stderr.contains("internal error") && !stderr.contains("panicked"),
+        "revflow {args:?}: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "revflow {args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "revflow {args:?}: expected {needle:?} in {stderr:?}"
+    );
+}
+
+/// [`TINY_GLOW`] with `extra` options, which replace its own of the same name.
+fn tiny_glow_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let given = |key: &str| extra.iter().any(|e| e.split('=').next() == Some(key));
+    TINY_GLOW
+        .chunks(2)
+        .filter(|pair| !given(pair[0]))
+        .flatten()
+        .chain(extra)
+        .copied()
+        .collect()
+}
+
+#[test]
+fn out_of_range_options_are_refused_naming_the_range_before_anything_is_written() {
+    let dir = temp("ranges");
+    let train = |extra: &[&str], needle: &str| {
+        let mut args = vec!["train", "--out", "run"];
+        args.extend(tiny_glow_with(extra));
+        if !extra.contains(&"--steps") {
+            args.extend(["--steps", "2"]);
+        }
+        refused(&args, &dir, needle);
+        assert!(!dir.join("run").exists(), "{extra:?} left a run behind");
+    };
+    let positive = "must be a finite number > 0, found";
+    train(
+        &["--grad-clip", "inf"],
+        &format!("--grad-clip {positive} inf"),
+    );
+    train(&["--grad-clip", "0"], &format!("--grad-clip {positive} 0"));
+    train(&["--lr=-1"], &format!("--lr {positive} -1"));
+    let non_negative = "must be a finite number ≥ 0, found";
+    train(
+        &["--weight-decay", "nan"],
+        &format!("--weight-decay {non_negative} NaN"),
+    );
+    train(
+        &["--weight-decay=-5"],
+        &format!("--weight-decay {non_negative} -5"),
+    );
+    train(
+        &["--n-bits", "9"],
+        "--n-bits must be an integer in [1, 8], found 9",
+    );
+    train(
+        &["--n-bits", "0"],
+        "--n-bits must be an integer in [1, 8], found 0",
+    );
+    train(
+        &["--levels", "0"],
+        "--levels must be an integer ≥ 1, found 0",
+    );
+    train(&["--depth", "0"], "--depth must be an integer ≥ 1, found 0");
+    train(
+        &["--batch-size", "0"],
+        "--batch-size must be an integer ≥ 1, found 0",
+    );
+    train(&["--steps", "0"], "--steps must be an integer ≥ 1, found 0");
+    train(
+        &["--eval-every", "0"],
+        "--eval-every must be an integer ≥ 1, found 0",
+    );
+    train(
+        &["--model", "realnvp", "--alpha", "nan"],
+        "--alpha must be a finite number in (0, 0.5), found NaN",
+    );
+    train(
+        &["--model", "vector", "--data", "moons", "--flow-steps", "0"],
+        "--flow-steps must be an integer ≥ 1, found 0",
+    );
+    train(
+        &["--levels", "70"],
+        "70 squeezes need height and width divisible by 2^70",
+    );
+    // `train` takes --data-dir (`data fetch` takes --dir).
+    train(&["--data", "mnist"], "pass --data-dir DIR");
+
+    // Options of the commands that use a run are checked before the run is opened.
+    for (args, needle) in [
+        (
+            &["sample", "nowhere", "--temperature", "nan"][..],
+            "--temperature must be a finite number ≥ 0, found NaN",
+        ),
+        (&["sample", "nowhere", "--temperature", "inf"], "found inf"),
+        (&["sample", "nowhere", "--temperature=-1"], "found -1"),
+        (
+            &["sample", "nowhere", "--temperatures", "0,nan"],
+            "--temperatures must be",
+        ),
+        (
+            &["sample", "nowhere", "-n", "0"],
+            "-n must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["interpolate", "nowhere", "test:0", "test:1", "--steps", "1"],
+            "--steps must be an integer ≥ 2, found 1",
+        ),
+        (
+            &[
+                "manipulate",
+                "nowhere",
+                "test:0",
+                "--from",
+                "0",
+                "--to",
+                "1",
+                "--alphas",
+                "0,nan",
+            ],
+            "--alphas must be a finite number, found NaN",
+        ),
+        (
+            &[
+                "manipulate",
+                "nowhere",
+                "test:0",
+                "--from",
+                "0",
+                "--to",
+                "1",
+                "--per-class",
+                "0",
+            ],
+            "--per-class must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["eval", "nowhere", "--batch-size", "0"],
+            "--batch-size must be an integer ≥ 1, found 0",
+        ),
+    ] {
+        refused(args, &dir, needle);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Overwrites the first (by name) f32 tensor of a safetensors file with NaN; returns its name.
+fn poison_weights(path: &Path) -> String {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (name, info) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["dtype"] == "F32")
+        .min_by_key(|(k, _)| k.as_str())
+        .unwrap();
+    let [a, b] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+    bytes[8 + n + a..8 + n + b].fill(0xFF);
+    std::fs::write(path, bytes).unwrap();
+    name.clone()
+}
+
+#[test]
+fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
+    let dir = temp("runfiles");
+    for (out, hidden) in [("run", "16"), ("other", "8")] {
+        let mut args = vec!["train", "--steps", "3", "--out", out];
+        args.extend(tiny_glow_with(&["--hidden", hidden]));
+        ok(&args, &dir);
+    }
+    let checkpoint = |run: &str| revflow::training::RunDir::new(&dir.join(run)).checkpoint();
+
+    // A resume may change the schedule, nothing that describes the model or its data.
+    let resume = ["train", "--resume", "--out", "run"];
+    let may = "a resume may change only --steps, --lr, --warmup, --grad-clip, --weight-decay, --eval-every, --checkpoint-every";
+    for (extra, needle) in [
+        (
+            &["--hidden", "32"][..],
+            format!("--hidden 32 contradicts the run's hidden 16; {may}"),
+        ),
+        (
+            &["--model", "realnvp"],
+            "--model realnvp contradicts the run's model glow".into(),
+        ),
+        (
+            &["--data", "moons"],
+            "--data moons contradicts the run's data digits".into(),
+        ),
+        (
+            &["--coupling", "additive"],
+            "--coupling (giving affine false) contradicts the run's affine true".into(),
+        ),
+        (
+            &["--batch-size", "8"],
+            "--batch-size 8 contradicts the run's batch_size 32".into(),
+        ),
+        (
+            &["--seed", "5"],
+            "--seed 5 contradicts the run's seed 0".into(),
+        ),
+        (
+            &["--steps", "2"],
+            "--steps must be an integer ≥ 3, found 2".into(),
+        ),
+        (
+            &["--lr", "nan"],
+            "--lr must be a finite number > 0, found NaN".into(),
+        ),
+    ] {
+        refused(&[&resume[..], extra].concat(), &dir, &needle);
+    }
+    ok(
+        &[&resume[..], &["--steps", "4", "--lr", "5e-4"]].concat(),
+        &dir,
+    );
+
+    // Another run's optimizer state: refused before burn sees it.
+    let optimizer = checkpoint("run").join("optimizer.bin");
+    let own = std::fs::read(&optimizer).unwrap();
+    std::fs::copy(checkpoint("other").join("optimizer.bin"), &optimizer).unwrap();
+    // (After the line saying what is being trained: the model is needed to check it.)
+    fails(
+        &[&resume[..], &["--steps", "6"]].concat(),
+        &dir,
+        "optimizer state does not fit its model",
+    );
+    std::fs::write(&optimizer, own).unwrap();
+
+    // Each interpolation end is one input, in range.
+    refused(
+        &["interpolate", "run", "test:0..5", "test:200"],
+        &dir,
+        "test:0..5: expected one input (an image file, test:N or train:N), found 5",
+    );
+    refused(
+        &["interpolate", "run", "test:0", "test:300"],
+        &dir,
+        "indices below 300",
+    );
+    refused(
+        &["interpolate", "run", "test:0", "test:18446744073709551615"],
+        &dir,
+        "indices below 300",
+    );
+    refused(
+        &["sample", "run", "--class", "3"],
+        &dir,
+        "--class needs a class-conditional run",
+    );
+
+    // A latent file without rows.
+    let mut header = br#"{"z0":{"dtype":"F32","shape":[0,64],"data_offsets":[0,0]}}"#.to_vec();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let latents = [&(header.len() as u64).to_le_bytes()[..], &header].concat();
+    std::fs::write(dir.join("empty.safetensors"), latents).unwrap();
+    refused(
+        &["decode", "run", "empty.safetensors"],
+        &dir,
+        "z0 has no rows",
+    );
+
+    // config.json edited by hand.
+    let config = dir.join("run/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (edited, needle) in [
+        (
+            text.replace("\"n_bits\": 8", "\"n_bits\": 99"),
+            "model.n_bits must be an integer in [1, 8], found 99",
+        ),
+        (
+            text.replace("\"n_bits\": 8", "\"n_bits\": 0"),
+            "model.n_bits must be an integer in [1, 8], found 0",
+        ),
+        (text.replace("\"lr\": 0.001", "\"lr\": null"), "config.json"),
+        (
+            text.replacen('{', "{\"colour\": 1,", 1),
+            "unknown field `colour`",
+        ),
+    ] {
+        std::fs::write(&config, edited).unwrap();
+        refused(&["eval", "run"], &dir, needle);
+    }
+    std::fs::write(&config, text).unwrap();
+
+    // NaN weights: named, not evaluated to "NaN bits/dim".
+    let weights = checkpoint("run").join("model.safetensors");
+    let tensor = poison_weights(&weights);
+    refused(
+        &["eval", "run"],
+        &dir,
+        &format!("model.safetensors: {tensor} holds NaN or infinite values"),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
