@@ -238,11 +238,12 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Test bits/dim of `config`'s data-initialised model, before any step: a run of 0 steps.
+/// Test bits/dim of `config`'s data-initialised model after one warm-up step (at a tenth of
+/// the learning rate or less): a run needs at least one step.
 fn untrained_bits_per_dim(config: &RunConfig, data: &Splits, dir: &RunDir) -> f64 {
     let start = RunConfig {
         train: TrainConfig {
-            steps: 0,
+            steps: 1,
             ..config.train.clone()
         },
         ..config.clone()
