@@ -825,6 +825,23 @@ fn poison_weights(path: &Path) -> String {
     name.clone()
 }
 
+/// Writes a latent file by hand: level `i` holds `rows × cols[i]` copies of `value`.
+fn latent_file(path: &Path, rows: usize, cols: &[usize], value: f32) {
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (i, c) in cols.iter().enumerate() {
+        let start = data.len();
+        data.extend((0..rows * c).flat_map(|_| value.to_le_bytes()));
+        header.insert(
+            format!("z{i}"),
+            serde_json::json!({"dtype": "F32", "shape": [rows, c], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let bytes = [&(header.len() as u64).to_le_bytes()[..], &header, &data].concat();
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[test]
 fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
     let dir = temp("runfiles");
@@ -913,15 +930,24 @@ fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
         "--class needs a class-conditional run",
     );
 
-    // A latent file without rows.
-    let mut header = br#"{"z0":{"dtype":"F32","shape":[0,64],"data_offsets":[0,0]}}"#.to_vec();
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let latents = [&(header.len() as u64).to_le_bytes()[..], &header].concat();
-    std::fs::write(dir.join("empty.safetensors"), latents).unwrap();
+    // Latent files without rows, or far outside what the model maps to pixels.
+    latent_file(&dir.join("empty.safetensors"), 0, &[64], 0.0);
     refused(
         &["decode", "run", "empty.safetensors"],
         &dir,
         "z0 has no rows",
+    );
+    latent_file(&dir.join("huge.safetensors"), 1, &[32, 32], 1e30);
+    refused(
+        &["decode", "run", "huge.safetensors", "--out", "huge"],
+        &dir,
+        "the decoded values are not all finite numbers; nothing was written",
+    );
+    assert!(!dir.join("huge").exists());
+    refused(
+        &["sample", "run", "--temperature", "1e300"],
+        &dir,
+        "the samples are not all finite numbers",
     );
 
     // config.json edited by hand.
