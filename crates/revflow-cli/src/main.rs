@@ -296,6 +296,11 @@ fn main() -> ExitCode {
         eprintln!("revflow: internal error: {msg} (please report it)");
         std::process::exit(2);
     }));
+    // Paths end up in config.json and the JSON reports, which hold only UTF-8 text.
+    if let Some(arg) = std::env::args_os().find(|a| a.to_str().is_none()) {
+        eprintln!("revflow: arguments must be valid UTF-8 text, found {arg:?}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(report) => {

@@ -749,6 +749,20 @@ fn out_of_range_options_are_refused_naming_the_range_before_anything_is_written(
     // `train` takes --data-dir (`data fetch` takes --dir).
     train(&["--data", "mnist"], "pass --data-dir DIR");
 
+    // Paths go into config.json and JSON reports: UTF-8 only.
+    let out = Command::new(env!("CARGO_BIN_EXE_revflow"))
+        .args(["sample", "nowhere", "--out"])
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"s\xff.png"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("revflow: arguments must be valid UTF-8 text"),
+        "{stderr}"
+    );
+
     // Options of the commands that use a run are checked before the run is opened.
     for (args, needle) in [
         (

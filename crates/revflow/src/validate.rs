@@ -205,6 +205,10 @@ mod tests {
             })
         })
         .contains("3 classes but class_names lists 0"));
+        let not_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"d\xff");
+        let mut c = run_config();
+        c.data_dir = Some(not_utf8.into());
+        assert!(message(c.validate()).contains("is not valid UTF-8"));
         run_config().validate().unwrap();
         // Serialised, non-finite numbers would become `null`: validation keeps them out.
         assert!(serde_json::to_string(&run_config())

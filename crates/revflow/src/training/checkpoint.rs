@@ -69,6 +69,11 @@ impl RunConfig {
             in_range("data_resize width", w, 1..)?;
             in_range("data_resize height", h, 1..)?;
         }
+        if let Some(dir) = self.data_dir.as_ref().filter(|d| d.to_str().is_none()) {
+            return Err(FlowError::Config(format!(
+                "data_dir {dir:?} is not valid UTF-8, which config.json cannot hold"
+            )));
+        }
         let classes = self.model.classes();
         if classes > 0 && classes != self.class_names.len() {
             return Err(FlowError::Config(format!(
