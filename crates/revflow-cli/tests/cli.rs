@@ -918,7 +918,7 @@ fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
     fails(
         &[&resume[..], &["--steps", "6"]].concat(),
         &dir,
-        "optimizer state does not fit its model",
+        "optimizer.bin: not the optimizer state of this run's model",
     );
     std::fs::write(&optimizer, own).unwrap();
 

@@ -274,6 +274,36 @@ mod tests {
     }
 
     #[test]
+    fn optimizer_states_burn_would_panic_on_are_refused() {
+        use burn::tensor::{Bytes, DType, Device};
+        let device = Device::flex().autodiff();
+        let config = ModelConfig::Vector(crate::models::VectorFlowConfig {
+            steps: 1,
+            hidden: 4,
+            ..Default::default()
+        });
+        let model = crate::training::for_training(config.init(&device).unwrap());
+        let pack = |id: Option<u64>, shape: Vec<usize>| {
+            let bytes = Bytes::from_bytes_vec(vec![0; 4 * shape.iter().product::<usize>()]);
+            let t = burn_pack::Tensor::new("7.moment_1".into(), DType::F32, shape, id, bytes);
+            burn_pack::Writer::new(vec![t])
+                .into_bytes()
+                .unwrap()
+                .to_vec()
+        };
+        let check = |bytes: &[u8]| crate::training::check_optimizer(bytes, &model).unwrap_err();
+        assert_eq!(check(&pack(None, vec![2])), "7.moment_1 names no parameter");
+        assert_eq!(
+            check(&pack(Some(7), vec![2])),
+            "7.moment_1 belongs to no parameter of the model"
+        );
+        assert!(!check(b"not a burnpack file").is_empty());
+        // The state of the model itself fits.
+        let empty = burn::optim::AdamConfig::new().init().into_bytes().unwrap();
+        crate::training::check_optimizer(&empty, &model).unwrap();
+    }
+
+    #[test]
     fn within_prefixes_field_names_only() {
         let e = within("train", in_range("lr", 0.0, above(0.0)));
         assert_eq!(message(e), "train.lr must be a finite number > 0, found 0");

@@ -293,9 +293,20 @@ impl RunDir {
         read_json(&self.readable()?.join("state.json"))
     }
 
-    pub fn load_optimizer(&self, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    /// Adam's state for `model` (as prepared for training), checked against it first.
+    pub fn load_optimizer(
+        &self,
+        optimizer: ModuleOptimizer,
+        model: &Model,
+    ) -> Result<ModuleOptimizer> {
         let path = self.readable()?.join("optimizer.bin");
         let bytes = fs::read(&path).map_err(io(&path))?;
+        super::check_optimizer(&bytes, model).map_err(|problem| {
+            FlowError::Training(format!(
+                "{}: not the optimizer state of this run's model: {problem}; was it copied from another run?",
+                path.display()
+            ))
+        })?;
         optimizer
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| {

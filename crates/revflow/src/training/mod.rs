@@ -170,14 +170,7 @@ impl Run<'_> {
         let (mut model, start) = if resume {
             let state = check_resume(&self.dir, &self.config)?;
             let model = for_training(self.dir.load_model(&self.config, &device)?);
-            optimizer = self.dir.load_optimizer(optimizer)?;
-            check_optimizer(&optimizer, &model).map_err(|problem| {
-                FlowError::Training(format!(
-                    "{}: the checkpoint's optimizer state does not fit its model: {problem}; \
-                     was optimizer.bin copied from another run?",
-                    self.dir.root.display()
-                ))
-            })?;
+            optimizer = self.dir.load_optimizer(optimizer, &model)?;
             (model, state.step)
         } else {
             self.dir.write_config(&self.config)?;
@@ -343,11 +336,9 @@ pub fn check_resume(dir: &RunDir, requested: &RunConfig) -> Result<TrainState> {
 }
 
 /// Adam keeps moments of each parameter's shape, keyed by the parameter's id; burn panics
-/// inside the next step if they do not match, so they are compared first. `Err`: what differs.
-fn check_optimizer(
-    optimizer: &burn::optim::ModuleOptimizer,
-    model: &Model,
-) -> std::result::Result<(), String> {
+/// while loading a state tensor without an id, and inside the next step if the shapes do not
+/// match, so the burnpack `bytes` are read and compared first. `Err`: what does not fit.
+pub(crate) fn check_optimizer(bytes: &[u8], model: &Model) -> std::result::Result<(), String> {
     struct Shapes(HashMap<u64, Vec<usize>>);
     impl ModuleVisitor for Shapes {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -356,22 +347,22 @@ fn check_optimizer(
     }
     let mut params = Shapes(HashMap::new());
     model.visit(&mut params);
-    let bytes = optimizer.into_bytes().map_err(|e| e.to_string())?;
-    let tensors = burn_pack::Reader::from_bytes(bytes)
-        .and_then(burn_pack::Reader::into_tensors)
-        .map_err(|e| e.to_string())?;
+    let tensors =
+        burn_pack::Reader::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))
+            .and_then(burn_pack::Reader::into_tensors)
+            .map_err(|e| e.to_string())?;
     for t in tensors {
-        let Some(id) = t.param_id else { continue };
         let found: &[usize] = &t.shape;
-        match params.0.get(&id) {
-            Some(shape) if shape.as_slice() == found => {}
-            Some(shape) => {
+        match t.param_id.map(|id| params.0.get(&id)) {
+            Some(Some(shape)) if shape.as_slice() == found => {}
+            Some(Some(shape)) => {
                 return Err(format!(
                     "{} has shape {found:?} but its parameter {shape:?}",
                     t.name
                 ))
             }
-            None => return Err(format!("{} belongs to no parameter of the model", t.name)),
+            Some(None) => return Err(format!("{} belongs to no parameter of the model", t.name)),
+            None => return Err(format!("{} names no parameter", t.name)),
         }
     }
     Ok(())
