@@ -298,6 +298,16 @@ mod tests {
             "7.moment_1 belongs to no parameter of the model"
         );
         assert!(!check(b"not a burnpack file").is_empty());
+        let nan = {
+            let bytes = Bytes::from_bytes_vec(f32::NAN.to_le_bytes().repeat(2));
+            let t =
+                burn_pack::Tensor::new("7.moment_2".into(), DType::F32, vec![2], Some(7), bytes);
+            burn_pack::Writer::new(vec![t])
+                .into_bytes()
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(check(&nan), "7.moment_2 holds NaN or infinite values");
         // The state of the model itself fits.
         let empty = burn::optim::AdamConfig::new().init().into_bytes().unwrap();
         crate::training::check_optimizer(&empty, &model).unwrap();

@@ -106,7 +106,7 @@ fn first_non_finite(bytes: &[u8]) -> Option<String> {
 }
 
 /// Whether little-endian floats of `dtype` include a NaN or ±∞: all exponent bits set.
-fn non_finite(dtype: Dtype, data: &[u8]) -> bool {
+pub(crate) fn non_finite(dtype: Dtype, data: &[u8]) -> bool {
     let (width, exponent): (usize, u64) = match dtype {
         Dtype::F16 => (2, 0x7C00),
         Dtype::BF16 => (2, 0x7F80),

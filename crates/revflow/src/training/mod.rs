@@ -24,7 +24,8 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Data, Splits};
@@ -335,9 +336,9 @@ pub fn check_resume(dir: &RunDir, requested: &RunConfig) -> Result<TrainState> {
     Ok(state)
 }
 
-/// Adam keeps moments of each parameter's shape, keyed by the parameter's id; burn panics
-/// while loading a state tensor without an id, and inside the next step if the shapes do not
-/// match, so the burnpack `bytes` are read and compared first. `Err`: what does not fit.
+/// Adam keeps finite moments of each parameter's shape, keyed by the parameter's id; burn
+/// panics while loading a state tensor without an id, and inside the next step if the shapes
+/// do not match, so the burnpack `bytes` are read and compared first. `Err`: what does not fit.
 pub(crate) fn check_optimizer(bytes: &[u8], model: &Model) -> std::result::Result<(), String> {
     struct Shapes(HashMap<u64, Vec<usize>>);
     impl ModuleVisitor for Shapes {
@@ -352,6 +353,20 @@ pub(crate) fn check_optimizer(bytes: &[u8], model: &Model) -> std::result::Resul
             .and_then(burn_pack::Reader::into_tensors)
             .map_err(|e| e.to_string())?;
     for t in tensors {
+        // NaN moments would turn every weight they touch into NaN at the next step.
+        let float = match t.dtype {
+            DType::F64 => Some(Dtype::F64),
+            DType::F32 | DType::Flex32 => Some(Dtype::F32),
+            DType::F16 => Some(Dtype::F16),
+            DType::BF16 => Some(Dtype::BF16),
+            _ => None,
+        };
+        if let Some(dtype) = float {
+            let data = t.to_bytes().map_err(|e| e.to_string())?;
+            if crate::weights::non_finite(dtype, &data) {
+                return Err(format!("{} holds NaN or infinite values", t.name));
+            }
+        }
         let found: &[usize] = &t.shape;
         match t.param_id.map(|id| params.0.get(&id)) {
             Some(Some(shape)) if shape.as_slice() == found => {}
