@@ -815,6 +815,18 @@ fn out_of_range_options_are_refused_naming_the_range_before_anything_is_written(
             &["eval", "nowhere", "--batch-size", "0"],
             "--batch-size must be an integer ≥ 1, found 0",
         ),
+        (
+            &["bench", "--iters", "0"],
+            "--iters must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["bench", "--batch", "0"],
+            "--batch must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["figures", "--steps", "0"],
+            "--steps must be an integer ≥ 1, found 0",
+        ),
     ] {
         refused(args, &dir, needle);
     }

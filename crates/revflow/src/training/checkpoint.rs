@@ -303,7 +303,7 @@ impl RunDir {
         let bytes = fs::read(&path).map_err(io(&path))?;
         super::check_optimizer(&bytes, model).map_err(|problem| {
             FlowError::Training(format!(
-                "{}: not the optimizer state of this run's model: {problem}; was it copied from another run?",
+                "{}: not the optimizer state of this run's model: {problem}; is it corrupt, or copied from another run?",
                 path.display()
             ))
         })?;
