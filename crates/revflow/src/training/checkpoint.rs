@@ -19,15 +19,13 @@ use std::path::{Path, PathBuf};
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::data::{self, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
-use crate::validate::{in_range, within};
 use crate::weights::{self, write_atomic};
 
-use super::{TrainConfig, RESUMABLE};
+use super::TrainConfig;
 
 /// `config.json`: how the model was built and trained, and on what.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -59,92 +57,6 @@ impl RunConfig {
             self.data_samples.max(1),
             self.data_resize,
         )
-    }
-
-    /// Every field in range, named as in config.json (`model.n_bits`, `train.lr`).
-    pub fn validate(&self) -> Result<()> {
-        within("model", self.model.validate())?;
-        within("train", self.train.validate())?;
-        if let Some((w, h)) = self.data_resize {
-            in_range("data_resize width", w, 1..)?;
-            in_range("data_resize height", h, 1..)?;
-        }
-        if let Some(dir) = self.data_dir.as_ref().filter(|d| d.to_str().is_none()) {
-            return Err(FlowError::Config(format!(
-                "data_dir {dir:?} is not valid UTF-8, which config.json cannot hold"
-            )));
-        }
-        let classes = self.model.classes();
-        if classes > 0 && classes != self.class_names.len() {
-            return Err(FlowError::Config(format!(
-                "the model has {classes} classes but class_names lists {}",
-                self.class_names.len()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Refuses `requested`, this run's configuration as a resume asks for it, if it differs
-    /// in anything but the [`RESUMABLE`] training fields: the checkpoint holds a model of this
-    /// configuration, trained on this data.
-    pub fn check_resume(&self, requested: &RunConfig) -> Result<()> {
-        let conflict = |field: &str, saved: &Value, found: &Value| FlowError::Resume {
-            field: field.to_string(),
-            found: plain(found),
-            saved: plain(saved),
-        };
-        if self.model.name() != requested.model.name() {
-            let name = |m: &ModelConfig| Value::from(m.name());
-            return Err(conflict(
-                "model",
-                &name(&self.model),
-                &name(&requested.model),
-            ));
-        }
-        let (saved, found) = (to_value(self), to_value(requested));
-        match first_difference("", &saved, &found) {
-            Some((field, a, b)) => Err(conflict(&field, a, b)),
-            None => Ok(()),
-        }
-    }
-}
-
-fn to_value(config: &RunConfig) -> Value {
-    let mut value = serde_json::to_value(config).unwrap_or_default();
-    if let Some(train) = value.get_mut("train").and_then(Value::as_object_mut) {
-        train.retain(|field, _| !RESUMABLE.contains(&field.as_str()));
-    }
-    value
-}
-
-/// The first leaf, as `a.b.c`, where two JSON values differ, with both values.
-fn first_difference<'v>(
-    path: &str,
-    a: &'v Value,
-    b: &'v Value,
-) -> Option<(String, &'v Value, &'v Value)> {
-    static NULL: Value = Value::Null;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => x
-            .keys()
-            .chain(y.keys().filter(|k| !x.contains_key(*k)))
-            .find_map(|k| {
-                let path = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                first_difference(&path, x.get(k).unwrap_or(&NULL), y.get(k).unwrap_or(&NULL))
-            }),
-        _ => (a != b).then(|| (path.to_string(), a, b)),
-    }
-}
-
-/// A JSON value as a person writes it: strings without quotes.
-fn plain(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -301,7 +213,7 @@ impl RunDir {
     ) -> Result<ModuleOptimizer> {
         let path = self.readable()?.join("optimizer.bin");
         let bytes = fs::read(&path).map_err(io(&path))?;
-        super::check_optimizer(&bytes, model).map_err(|problem| {
+        super::validation::check_optimizer(&bytes, model).map_err(|problem| {
             FlowError::Training(format!(
                 "{}: not the optimizer state of this run's model: {problem}; is it corrupt, or copied from another run?",
                 path.display()

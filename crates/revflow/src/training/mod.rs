@@ -10,28 +10,27 @@ mod checkpoint;
 mod evaluate;
 #[cfg(test)]
 mod tests;
+mod validation;
 
 pub use batches::{batch_indices, one_hot, rows};
 pub use checkpoint::{RunConfig, RunDir, TrainState};
 pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
+pub use validation::{check_resume, RESUMABLE};
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, Tensor};
-use safetensors::Dtype;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Data, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
-use crate::validate::{above, in_range};
 use batches::mix;
 
 /// Optimisation settings.
@@ -73,32 +72,6 @@ impl Default for TrainConfig {
             init_samples: 256,
             seed: 0,
         }
-    }
-}
-
-/// The [`TrainConfig`] fields a resumed run may change; the rest of config.json describes the
-/// checkpoint's model and the data it was trained on.
-pub const RESUMABLE: [&str; 7] = [
-    "steps",
-    "lr",
-    "warmup",
-    "grad_clip",
-    "weight_decay",
-    "eval_every",
-    "checkpoint_every",
-];
-
-impl TrainConfig {
-    /// Every field in range; errors name the field and its valid range.
-    pub fn validate(&self) -> Result<()> {
-        in_range("steps", self.steps, 1..)?;
-        in_range("batch_size", self.batch_size, 1..)?;
-        in_range("lr", self.lr, above(0.0))?;
-        in_range("grad_clip", self.grad_clip, above(0.0))?;
-        in_range("weight_decay", self.weight_decay, 0.0..)?;
-        in_range("eval_every", self.eval_every, 1..)?;
-        in_range("checkpoint_every", self.checkpoint_every, 1..)?;
-        in_range("init_samples", self.init_samples, 1..)
     }
 }
 
@@ -324,63 +297,6 @@ pub(crate) fn for_training(model: Model) -> Model {
         }
     }
     model.train().map(&mut Ids(0))
-}
-
-/// Whether the run in `dir` can continue as `requested` (see [`RunConfig::check_resume`], and
-/// `steps` at least those done); returns where it stopped.
-pub fn check_resume(dir: &RunDir, requested: &RunConfig) -> Result<TrainState> {
-    dir.read_config()?.check_resume(requested)?;
-    let state = dir.load_state()?;
-    // Fewer steps than done would end at once, reporting a step count never reached.
-    in_range("train.steps", requested.train.steps, state.step..)?;
-    Ok(state)
-}
-
-/// Adam keeps finite moments of each parameter's shape, keyed by the parameter's id; burn
-/// panics while loading a state tensor without an id, and inside the next step if the shapes
-/// do not match, so the burnpack `bytes` are read and compared first. `Err`: what does not fit.
-pub(crate) fn check_optimizer(bytes: &[u8], model: &Model) -> std::result::Result<(), String> {
-    struct Shapes(HashMap<u64, Vec<usize>>);
-    impl ModuleVisitor for Shapes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.insert(param.id.val(), param.val().dims().to_vec());
-        }
-    }
-    let mut params = Shapes(HashMap::new());
-    model.visit(&mut params);
-    let tensors =
-        burn_pack::Reader::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))
-            .and_then(burn_pack::Reader::into_tensors)
-            .map_err(|e| e.to_string())?;
-    for t in tensors {
-        // NaN moments would turn every weight they touch into NaN at the next step.
-        let float = match t.dtype {
-            DType::F64 => Some(Dtype::F64),
-            DType::F32 | DType::Flex32 => Some(Dtype::F32),
-            DType::F16 => Some(Dtype::F16),
-            DType::BF16 => Some(Dtype::BF16),
-            _ => None,
-        };
-        if let Some(dtype) = float {
-            let data = t.to_bytes().map_err(|e| e.to_string())?;
-            if crate::weights::non_finite(dtype, &data) {
-                return Err(format!("{} holds NaN or infinite values", t.name));
-            }
-        }
-        let found: &[usize] = &t.shape;
-        match t.param_id.map(|id| params.0.get(&id)) {
-            Some(Some(shape)) if shape.as_slice() == found => {}
-            Some(Some(shape)) => {
-                return Err(format!(
-                    "{} has shape {found:?} but its parameter {shape:?}",
-                    t.name
-                ))
-            }
-            Some(None) => return Err(format!("{} belongs to no parameter of the model", t.name)),
-            None => return Err(format!("{} names no parameter", t.name)),
-        }
-    }
-    Ok(())
 }
 
 /// Batch size of test evaluations (its noise is seeded per batch).
