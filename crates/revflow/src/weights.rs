@@ -1,6 +1,6 @@
 //! Parameters on disk as safetensors, named by their path in the module tree
-//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written to a
-//! temporary name and renamed, so a crash never leaves a half-written file behind.
+//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written
+//! atomically ([`crate::files::write_atomic`]), so a crash never leaves a half-written file.
 
 use std::path::Path;
 
@@ -8,10 +8,16 @@ use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
 
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
 
 /// Writes every parameter of `module` (including ActNorm's initialised flag, permutations and
 /// running statistics) to `path`, atomically.
 pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
+    write_atomic(path, &to_bytes(module, path)?)
+}
+
+/// The safetensors bytes of `module` (`path` names the file in errors).
+pub fn to_bytes<M: Module>(module: &M, path: &Path) -> Result<Vec<u8>> {
     let weights_error = |problem: String| FlowError::Weights {
         path: path.to_path_buf(),
         problem,
@@ -20,10 +26,7 @@ pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
     module
         .save_into(&mut store)
         .map_err(|e| weights_error(e.to_string()))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| weights_error(e.to_string()))?;
-    write_atomic(path, &bytes)
+    store.get_bytes().map_err(|e| weights_error(e.to_string()))
 }
 
 /// Loads `path` into `module`, which must have exactly the same structure and shapes.
@@ -81,24 +84,6 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         )));
     }
     Ok(module)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| FlowError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
 }
 
 #[cfg(test)]
