@@ -409,3 +409,93 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value)
         .map_err(|e| FlowError::Training(format!("could not serialise: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str) -> RunDir {
+        let root = std::env::temp_dir().join(format!("revflow-ckpt-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        RunDir::new(&root)
+    }
+
+    fn checkpoint(dir: &RunDir, name: &str) {
+        fs::create_dir_all(dir.root.join(name)).unwrap();
+        fs::write(dir.root.join(name).join("state.json"), "{}").unwrap();
+    }
+
+    #[test]
+    fn the_current_checkpoint_is_the_named_one_else_the_newest_complete_one() {
+        let dir = run("resolve");
+        assert!(dir.current_checkpoint().is_err());
+        // The old layout still opens.
+        checkpoint(&dir, ".checkpoint-old");
+        assert_eq!(
+            dir.current_checkpoint().unwrap(),
+            dir.root.join(".checkpoint-old")
+        );
+        checkpoint(&dir, "checkpoint");
+        assert_eq!(
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("checkpoint")
+        );
+        // Without LATEST: the newest complete ckpt-N (an incomplete one, or any other name, is
+        // no checkpoint).
+        checkpoint(&dir, "ckpt-000002");
+        checkpoint(&dir, "ckpt-000010");
+        checkpoint(&dir, "ckpt-x0011");
+        fs::create_dir_all(dir.root.join("ckpt-000012")).unwrap();
+        assert_eq!(
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("ckpt-000010")
+        );
+        // LATEST wins over a newer folder, and is ignored when it names a removed one or a
+        // path outside the run.
+        fs::write(dir.latest(), "ckpt-000002").unwrap();
+        assert_eq!(
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("ckpt-000002")
+        );
+        for bad in ["ckpt-000004", "../ckpt-000002", "/etc"] {
+            fs::write(dir.latest(), bad).unwrap();
+            assert_eq!(
+                dir.current_checkpoint().unwrap(),
+                dir.root.join("ckpt-000010")
+            );
+        }
+        // Pruning under the lock keeps the current one and the one before, drops the rest (the
+        // old layout, newer and incomplete folders).
+        fs::write(dir.latest(), "ckpt-000010").unwrap();
+        checkpoint(&dir, "ckpt-000020");
+        let lock = dir.lock().unwrap();
+        let mut names: Vec<String> = fs::read_dir(&dir.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".lock",
+                "LATEST",
+                "ckpt-000002",
+                "ckpt-000010",
+                "ckpt-x0011"
+            ]
+        );
+        // A second holder is refused, naming the first.
+        let err = dir.lock().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "another revflow process (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(lock);
+        dir.lock().unwrap();
+        fs::remove_dir_all(&dir.root).unwrap();
+    }
+}
