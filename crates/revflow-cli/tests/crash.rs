@@ -65,6 +65,19 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The files of a run, its samples folder included, sorted.
+fn names(run: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in ["", "samples"] {
+        for entry in std::fs::read_dir(run.join(sub)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            names.push(format!("{sub}/{name}"));
+        }
+    }
+    names.sort();
+    names
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -110,7 +123,7 @@ fn train(run: &str, cwd: &Path, env: &[(&str, String)]) -> Output {
 
 /// Killed at every file operation, then killed again at the same operation of the resumed run:
 /// whenever a checkpoint had been completed, `eval` finds one; a third run finishes on exactly
-/// the loss curve of an uninterrupted run.
+/// the loss curve of an uninterrupted run, with nothing left over.
 #[cfg(unix)]
 #[test]
 fn a_run_killed_twice_at_any_file_operation_resumes_on_the_same_curve() {
@@ -119,6 +132,7 @@ fn a_run_killed_twice_at_any_file_operation_resumes_on_the_same_curve() {
     assert!(out.status.success(), "{}", stderr(&out));
     let reference = losses(&dir.join("reference"));
     assert_eq!(reference.len(), 4);
+    let finished = names(&dir.join("reference"));
 
     let mut had_checkpoint = false;
     let mut points = 0;
@@ -150,6 +164,7 @@ fn a_run_killed_twice_at_any_file_operation_resumes_on_the_same_curve() {
         let last = recover(&run, &dir, &[]);
         assert!(last.status.success(), "point {k}: {}", stderr(&last));
         assert_eq!(losses(&dir.join(&run)), reference, "point {k}");
+        assert_eq!(names(&dir.join(&run)), finished, "point {k}: debris left");
         std::fs::remove_dir_all(dir.join(&run)).unwrap();
     }
     // Config, metrics, three checkpoints, the pointer and a sample picture: dozens of points.
@@ -166,14 +181,6 @@ fn a_failed_write_at_any_point_keeps_the_last_checkpoint_and_no_debris() {
     let out = train("reference", &dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reference = losses(&dir.join("reference"));
-    let names = |run: &Path| -> Vec<String> {
-        let mut n: Vec<String> = std::fs::read_dir(run)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        n.sort();
-        n
-    };
     let finished = names(&dir.join("reference"));
     let mut points = 0;
     for k in 1.. {

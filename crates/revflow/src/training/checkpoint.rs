@@ -193,6 +193,7 @@ impl RunDir {
             .and_then(|()| write!(file, "{}", std::process::id()))
             .map_err(io(&path))?;
         files::remove_debris(&self.root, DEBRIS);
+        files::remove_debris(&self.samples(), &[".step-"]);
         self.prune()?;
         Ok(RunLock { _file: file })
     }
