@@ -312,7 +312,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("revflow: {e}");
-            ExitCode::from(2)
+            // Stopped by Ctrl-C / SIGTERM at a checkpoint: the shell's code for an interrupt.
+            match e {
+                FlowError::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +15,7 @@ use revflow::training::{
     check_resume, per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig, RESUMABLE,
 };
 use revflow::{FlowError, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::use_model::draw_samples;
 use crate::Report;
@@ -46,6 +49,10 @@ const DEFAULT_SAMPLES: usize = 8192;
 ///
 /// Without arguments: Glow on the embedded 8×8 digits into runs/glow-digits, then the test
 /// bits/dim next to a per-pixel baseline, and sample grids in runs/glow-digits/samples/.
+///
+/// Ctrl-C (or SIGTERM) stops after the current step with a checkpoint of it and exit code 130;
+/// `--resume` continues from there on the same loss curve. A run is trained by one process at
+/// a time, and a crash at any moment leaves a complete checkpoint to resume from.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Model family (default: glow for images, vector for vectors).
@@ -442,12 +449,6 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{name}", model.name())));
         let dir = RunDir::new(&out);
-        if dir.has_checkpoint() {
-            return Err(FlowError::Config(format!(
-                "{} already holds a run; continue it with --resume --out {0}, or choose another --out",
-                out.display()
-            )));
-        }
         let class_names = splits.train.class_names().to_vec();
         let config = RunConfig {
             model,
@@ -479,11 +480,13 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             0.7,
         )
     };
+    let stop = stop_on_signals()?;
     let run = Run {
         config: config.clone(),
         data: &splits,
         dir: dir.clone(),
         draw_samples: Some(&draw),
+        stop: Some(&stop),
     };
     let mut progress = Progress::new();
     let summary = run
@@ -526,6 +529,19 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             "run": dir.root, "samples": samples,
         }),
     })
+}
+
+/// A flag set by Ctrl-C or SIGTERM: training then stops after the current step and saves a
+/// checkpoint. A second signal ends the process at once, which the checkpoint protocol makes
+/// safe (the previous checkpoint stays complete).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+            .map_err(|e| FlowError::Training(format!("cannot handle signal {signal}: {e}")))?;
+    }
+    Ok(stop)
 }
 
 /// A progress bar on a terminal; periodic log lines otherwise.

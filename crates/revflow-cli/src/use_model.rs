@@ -181,7 +181,7 @@ fn write_csv(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
                 + "\n"
         })
         .collect();
-    revflow::weights::write_atomic(path, text.as_bytes())
+    revflow::files::write_atomic(path, text.as_bytes())
 }
 
 /// A sample picture: an image grid (a row per class for conditional models), or a scatter plot
@@ -271,7 +271,7 @@ pub fn eval(args: EvalArgs) -> Result<Report> {
             let label = labels.get(i).map(|l| l.to_string()).unwrap_or_default();
             text.push_str(&format!("{i},{label},{b}\n"));
         }
-        revflow::weights::write_atomic(path, text.as_bytes())?;
+        revflow::files::write_atomic(path, text.as_bytes())?;
     }
     Ok(Report {
         human: format!(

@@ -95,9 +95,11 @@ fn glow_trains_evaluates_samples_and_round_trips_exactly() {
     for f in [
         "config.json",
         "metrics.jsonl",
-        "checkpoint/model.safetensors",
-        "checkpoint/optimizer.bin",
-        "checkpoint/state.json",
+        "LATEST",
+        "ckpt-000060/model.safetensors",
+        "ckpt-000060/optimizer.bin",
+        "ckpt-000060/state.json",
+        "ckpt-000060/config.json",
         "samples/step-000060.png",
     ] {
         assert!(dir.join("run").join(f).exists(), "{f} missing");
@@ -354,7 +356,7 @@ fn bad_input_is_one_clear_line_with_exit_code_2() {
     ok(&args, &dir);
     fails(&["train", "--out", "run"], &dir, "already holds a run");
     // A corrupt checkpoint.
-    let weights = dir.join("run/checkpoint/model.safetensors");
+    let weights = dir.join("run/ckpt-000004/model.safetensors");
     let good = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &good[..good.len() / 2]).unwrap();
     fails(&["eval", "run"], &dir, "model.safetensors");
@@ -386,7 +388,8 @@ fn bad_input_is_one_clear_line_with_exit_code_2() {
     ];
     args.extend(TINY_GLOW);
     fails(&args, &dir, "non-finite");
-    let state = std::fs::read_to_string(dir.join("nan/checkpoint/state.json")).unwrap();
+    let latest = std::fs::read_to_string(dir.join("nan/LATEST")).unwrap();
+    let state = std::fs::read_to_string(dir.join("nan").join(latest).join("state.json")).unwrap();
     assert!(state.contains("\"step\""));
     ok(&["eval", "nan"], &dir);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -876,7 +879,11 @@ fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
         args.extend(tiny_glow_with(&["--hidden", hidden]));
         ok(&args, &dir);
     }
-    let checkpoint = |run: &str| revflow::training::RunDir::new(&dir.join(run)).checkpoint();
+    let checkpoint = |run: &str| {
+        revflow::training::RunDir::new(&dir.join(run))
+            .current_checkpoint()
+            .unwrap()
+    };
 
     // A resume may change the schedule, nothing that describes the model or its data.
     let resume = ["train", "--resume", "--out", "run"];

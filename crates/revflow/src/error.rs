@@ -54,6 +54,13 @@ pub enum FlowError {
     /// Training cannot go on (non-finite loss, a run directory in an unexpected state).
     #[error("{0}")]
     Training(String),
+    /// Training was asked to stop (Ctrl-C, SIGTERM) and stopped at a checkpoint.
+    #[error("interrupted at step {step} of {steps}; the run in {dir} is saved at that step: continue it with `revflow train --resume --out {dir}`")]
+    Interrupted {
+        step: usize,
+        steps: usize,
+        dir: PathBuf,
+    },
     /// A chart or animation that could not be drawn.
     #[error("{0}")]
     Picture(String),

@@ -8,9 +8,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
 use crate::flow::Cond;
 use crate::models::Model;
-use crate::weights::write_atomic;
 
 /// Writes the latents of a batch, one `(N, dᵢ)` tensor per level, with `metadata`.
 pub fn save(path: &Path, levels: &[Tensor<2>], metadata: HashMap<String, String>) -> Result<()> {

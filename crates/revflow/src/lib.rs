@@ -25,6 +25,7 @@ pub mod device;
 pub mod distributions;
 pub mod error;
 pub mod figures;
+pub mod files;
 pub mod flow;
 pub mod fused;
 pub mod latents;

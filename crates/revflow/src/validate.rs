@@ -77,6 +77,23 @@ fn describe<T: Display>(range: &impl RangeBounds<T>) -> String {
     }
 }
 
+/// Whether little-endian floats of `dtype` (in a weights or optimizer file) include a NaN or
+/// ±∞: all exponent bits set. Other dtypes hold no such values.
+pub(crate) fn non_finite(dtype: safetensors::Dtype, data: &[u8]) -> bool {
+    use safetensors::Dtype;
+    let (width, exponent): (usize, u64) = match dtype {
+        Dtype::F16 => (2, 0x7C00),
+        Dtype::BF16 => (2, 0x7F80),
+        Dtype::F32 => (4, 0x7F80_0000),
+        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
+        _ => return false,
+    };
+    data.chunks_exact(width).any(|b| {
+        let bits = b.iter().rev().fold(0u64, |v, &byte| (v << 8) | byte as u64);
+        bits & exponent == exponent
+    })
+}
+
 /// Runs the checks of a part of a configuration, naming its fields `prefix.field`.
 pub(crate) fn within(prefix: &str, checks: Result<()>) -> Result<()> {
     checks.map_err(|e| match e {
@@ -135,6 +152,21 @@ mod tests {
             message(in_range("--alphas", f64::NAN, ..)),
             "--alphas must be a finite number, found NaN"
         );
+    }
+
+    #[test]
+    fn non_finite_floats_are_found_in_every_float_format() {
+        use safetensors::Dtype;
+        assert!(non_finite(Dtype::F64, &f64::NEG_INFINITY.to_le_bytes()));
+        assert!(non_finite(
+            Dtype::F32,
+            &[1.0f32.to_le_bytes(), f32::NAN.to_le_bytes()].concat()
+        ));
+        assert!(non_finite(Dtype::F16, &0x7E00u16.to_le_bytes()));
+        assert!(non_finite(Dtype::BF16, &0xFF80u16.to_le_bytes()));
+        assert!(!non_finite(Dtype::F32, &f32::MAX.to_le_bytes()));
+        assert!(!non_finite(Dtype::F64, &f64::MIN_POSITIVE.to_le_bytes()));
+        assert!(!non_finite(Dtype::I64, &[0xFF; 8]));
     }
 
     #[test]

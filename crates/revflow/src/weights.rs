@@ -1,18 +1,25 @@
 //! Parameters on disk as safetensors, named by their path in the module tree
-//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written to a
-//! temporary name and renamed, so a crash never leaves a half-written file behind.
+//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written
+//! atomically ([`crate::files::write_atomic`]), so a crash never leaves a half-written file.
 
 use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
+use crate::validate::non_finite;
 
 /// Writes every parameter of `module` (including ActNorm's initialised flag, permutations and
 /// running statistics) to `path`, atomically.
 pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
+    write_atomic(path, &to_bytes(module, path)?)
+}
+
+/// The safetensors bytes of `module` (`path` names the file in errors).
+pub fn to_bytes<M: Module>(module: &M, path: &Path) -> Result<Vec<u8>> {
     let weights_error = |problem: String| FlowError::Weights {
         path: path.to_path_buf(),
         problem,
@@ -21,10 +28,7 @@ pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
     module
         .save_into(&mut store)
         .map_err(|e| weights_error(e.to_string()))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| weights_error(e.to_string()))?;
-    write_atomic(path, &bytes)
+    store.get_bytes().map_err(|e| weights_error(e.to_string()))
 }
 
 /// Loads `path` into `module`, which must have exactly the same structure and shapes, and
@@ -38,10 +42,20 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         path: path.to_path_buf(),
         source,
     })?;
-    if let Some(name) = first_non_finite(&bytes) {
-        return Err(weights_error(format!(
-            "{name} holds NaN or infinite values; this checkpoint cannot be used (did training diverge?)"
-        )));
+    // The first tensor (by name) holding a NaN or ±∞; a file that does not parse is
+    // reported by the loader below.
+    if let Ok(file) = SafeTensors::deserialize(&bytes) {
+        let mut names = file.names();
+        names.sort_unstable();
+        let bad = |name: &&str| {
+            file.tensor(name)
+                .is_ok_and(|t| non_finite(t.dtype(), t.data()))
+        };
+        if let Some(name) = names.into_iter().find(bad) {
+            return Err(weights_error(format!(
+                "{name} holds NaN or infinite values; this checkpoint cannot be used (did training diverge?)"
+            )));
+        }
     }
     // Collect every problem rather than stopping at burn's first, then report them in one line.
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
@@ -88,54 +102,6 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         )));
     }
     Ok(module)
-}
-
-/// The first tensor (by name) of a safetensors file that holds a NaN or ±∞; `None` also for
-/// files that do not parse (the loader reports those).
-fn first_non_finite(bytes: &[u8]) -> Option<String> {
-    let file = SafeTensors::deserialize(bytes).ok()?;
-    let mut names = file.names();
-    names.sort_unstable();
-    names
-        .into_iter()
-        .find(|name| {
-            file.tensor(name)
-                .is_ok_and(|t| non_finite(t.dtype(), t.data()))
-        })
-        .map(str::to_string)
-}
-
-/// Whether little-endian floats of `dtype` include a NaN or ±∞: all exponent bits set.
-pub(crate) fn non_finite(dtype: Dtype, data: &[u8]) -> bool {
-    let (width, exponent): (usize, u64) = match dtype {
-        Dtype::F16 => (2, 0x7C00),
-        Dtype::BF16 => (2, 0x7F80),
-        Dtype::F32 => (4, 0x7F80_0000),
-        Dtype::F64 => (8, 0x7FF0_0000_0000_0000),
-        _ => return false,
-    };
-    data.chunks_exact(width).any(|b| {
-        let bits = b.iter().rev().fold(0u64, |v, &byte| (v << 8) | byte as u64);
-        bits & exponent == exponent
-    })
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| FlowError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
 }
 
 #[cfg(test)]
@@ -263,7 +229,7 @@ mod tests {
         save(&tiny(&dev, 1), &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let file = SafeTensors::deserialize(&bytes).unwrap();
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
             .tensors()
             .into_iter()
             .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
@@ -287,10 +253,6 @@ mod tests {
                 && err.contains(&format!("{poisoned} holds NaN or infinite values")),
             "{err}"
         );
-        assert!(non_finite(Dtype::F64, &f64::NEG_INFINITY.to_le_bytes()));
-        assert!(non_finite(Dtype::F16, &0x7E00u16.to_le_bytes()));
-        assert!(!non_finite(Dtype::F32, &f32::MAX.to_le_bytes()));
-        assert!(!non_finite(Dtype::I64, &[0xFF; 8]));
 
         let err = load(tiny(&dev, 1), &dir.join("absent.safetensors"))
             .unwrap_err()

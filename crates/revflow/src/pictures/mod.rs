@@ -8,7 +8,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 
 use crate::error::{FlowError, Result};
-use crate::weights::write_atomic;
+use crate::files::write_atomic;
 
 /// Lays out `images` (each C×H×W 8-bit, C = 1 or 3) in a grid of `cols` columns with a
 /// 1-pixel gap, each image magnified `scale` times.

@@ -131,6 +131,7 @@ fn train(config: RunConfig, data: &Splits, dir: &RunDir, resume: bool) -> Result
         data,
         dir: dir.clone(),
         draw_samples: None,
+        stop: None,
     }
     .train(resume, &mut |_| {})
 }
@@ -372,6 +373,7 @@ fn resuming_reproduces_the_loss_curve() {
                 data: &data,
                 dir: c.clone(),
                 draw_samples: None,
+                stop: None,
             }
             .train(false, &mut |e| {
                 if let Event::Step { step: 17, .. } = e {
@@ -525,17 +527,35 @@ fn a_run_directory_holds_a_complete_checkpoint() {
             data: &data,
             dir: dir.clone(),
             draw_samples: Some(&hook),
+            stop: None,
         }
         .train(false, &mut |e| events.push(e))
         .unwrap();
 
+        // The last checkpoint and the one before it; the pointer names the last.
         assert_eq!(
             names(&dir.root),
-            ["checkpoint", "config.json", "metrics.jsonl"]
+            [
+                ".lock",
+                "LATEST",
+                "ckpt-000008",
+                "ckpt-000012",
+                "config.json",
+                "metrics.jsonl"
+            ]
         );
         assert_eq!(
-            names(&dir.checkpoint()),
-            ["model.safetensors", "optimizer.bin", "state.json"]
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("ckpt-000012")
+        );
+        assert_eq!(
+            names(&dir.current_checkpoint().unwrap()),
+            [
+                "config.json",
+                "model.safetensors",
+                "optimizer.bin",
+                "state.json"
+            ]
         );
         assert_eq!(dir.read_config().unwrap(), config);
         let state = dir.load_state().unwrap();
@@ -646,7 +666,7 @@ fn a_non_finite_loss_stops_training_and_keeps_a_checkpoint_to_resume_from() {
     assert!(
         message.contains(&format!(
             "the last good checkpoint, of step 3, is kept in {}",
-            dir.checkpoint().display()
+            dir.root.join("ckpt-000003").display()
         )),
         "{message}"
     );
@@ -678,11 +698,23 @@ fn a_non_finite_loss_stops_training_and_keeps_a_checkpoint_to_resume_from() {
     // training resumes from it with a lower learning rate.
     assert_eq!(
         names(&dir.root),
-        ["checkpoint", "config.json", "metrics.jsonl"]
+        [
+            ".lock",
+            "LATEST",
+            "ckpt-000002",
+            "ckpt-000003",
+            "config.json",
+            "metrics.jsonl"
+        ]
     );
     assert_eq!(
-        names(&dir.checkpoint()),
-        ["model.safetensors", "optimizer.bin", "state.json"]
+        names(&dir.current_checkpoint().unwrap()),
+        [
+            "config.json",
+            "model.safetensors",
+            "optimizer.bin",
+            "state.json"
+        ]
     );
     let bits = evaluate_checkpoint(&config(20, 1e-3), &data, &dir);
     assert!(

@@ -165,7 +165,7 @@ pub(crate) fn check_optimizer(bytes: &[u8], model: &Model) -> std::result::Resul
         };
         if let Some(dtype) = float {
             let data = t.to_bytes().map_err(|e| e.to_string())?;
-            if crate::weights::non_finite(dtype, &data) {
+            if crate::validate::non_finite(dtype, &data) {
                 return Err(format!("{} holds NaN or infinite values", t.name));
             }
         }
