@@ -134,17 +134,14 @@ impl Loaded {
     }
 }
 
-impl Loaded {
-    /// Exactly one input (an image file, `test:N` or `train:N`), with its label.
-    fn one_input(&self, spec: &str) -> Result<(Tensor<2>, usize)> {
-        let (x, labels) = self.inputs(&[spec.to_string()], None)?;
-        match labels[..] {
-            [label] => Ok((x, label)),
-            _ => Err(FlowError::Config(format!(
-                "{spec}: expected one input (an image file, test:N or train:N), found {}",
-                labels.len()
-            ))),
-        }
+/// An interpolation end or a manipulated input is one input: an image file, `test:N` or
+/// `train:N`, not a range `test:A..B`.
+fn one_input(spec: &str) -> Result<()> {
+    match spec.split_once(':') {
+        Some(("test" | "train", range)) if range.contains("..") => Err(FlowError::Config(format!(
+            "{spec}: expected one input (an image file, test:N or train:N), not a range"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -347,7 +344,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         let cond = run.labels(&labels);
         all.push(run.model.sample(args.n, t, cond.as_ref(), &run.device)?);
     }
-    let x = finite(Tensor::cat(all, 0), "the samples")?;
+    let x = Tensor::cat(all, 0);
     let picture = match run.config.model.image_shape() {
         Some(shape) => {
             let cols = if temperatures.len() > 1 {
@@ -497,19 +494,18 @@ fn strip(
 
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     in_range("--steps", args.steps, 2..)?;
+    one_input(&args.a)?;
+    one_input(&args.b)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
-    let ((xa, la), (xb, lb)) = (run.one_input(&args.a)?, run.one_input(&args.b)?);
-    let labels = [la, lb];
-    let zs = run
-        .model
-        .encode(Tensor::cat(vec![xa, xb], 0), run.labels(&labels).as_ref())?;
+    let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
+    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
     let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
     let dir: Vec<Tensor<2>> = zs
         .iter()
         .map(|z| z.clone().narrow(0, 1, 1) - z.clone().narrow(0, 0, 1))
         .collect();
-    let steps = args.steps;
+    let steps = args.steps.max(2);
     let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
     strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
     Ok(Report {
@@ -615,9 +611,11 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
         in_range("--alphas", alpha, ..)?;
     }
     in_range("--per-class", args.per_class, 1..)?;
+    one_input(&args.input)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("manipulate")?;
-    let (x, label) = run.one_input(&args.input)?;
+    // The input first: a bad one is refused before the mean latents are computed.
+    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
     let (towards, away, what) = match (&args.attributes, &args.attribute) {
         (Some(csv), Some(attribute)) => {
             let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
@@ -667,8 +665,16 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
         }
     };
     let dir: Vec<Tensor<2>> = towards.into_iter().zip(away).map(|(a, b)| a - b).collect();
-    let zs = run.model.encode(x, run.labels(&[label]).as_ref())?;
-    strip(&run, &zs, &dir, &args.alphas, label, shape, &args.out)?;
+    let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
+    strip(
+        &run,
+        &zs,
+        &dir,
+        &args.alphas,
+        input_labels[0],
+        shape,
+        &args.out,
+    )?;
     Ok(Report {
         human: format!(
             "{} moved by α ∈ {:?} {what} in {}",

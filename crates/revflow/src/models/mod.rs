@@ -637,6 +637,16 @@ mod tests {
     }
 
     #[test]
+    fn config_round_trips_through_json() {
+        for config in configs() {
+            let text = serde_json::to_string(&config).unwrap();
+            assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), config);
+        }
+        let err = serde_json::from_str::<ModelConfig>(r#"{"model":"glow","depht":3}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `depht`"), "{err}");
+    }
+
+    #[test]
     fn validation_names_the_field_and_its_range() {
         let glow = |edit: fn(&mut GlowConfig)| {
             let mut c = GlowConfig::default();
@@ -748,15 +758,5 @@ mod tests {
             );
         }
         model.sample(2, 0.0, None, &dev).unwrap();
-    }
-
-    #[test]
-    fn config_round_trips_through_json() {
-        for config in configs() {
-            let text = serde_json::to_string(&config).unwrap();
-            assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), config);
-        }
-        let err = serde_json::from_str::<ModelConfig>(r#"{"model":"glow","depht":3}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `depht`"), "{err}");
     }
 }
