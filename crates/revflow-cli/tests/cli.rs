@@ -700,20 +700,13 @@ fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
         "--class needs a class-conditional run",
     );
 
-    // Latent files without rows, or far outside what the model maps to pixels.
+    // A latent file without rows.
     latent_file(&dir.join("empty.safetensors"), 0, &[64], 0.0);
     refused(
         &["decode", "run", "empty.safetensors"],
         &dir,
         "z0 has no rows",
     );
-    latent_file(&dir.join("huge.safetensors"), 1, &[32, 32], 1e30);
-    refused(
-        &["decode", "run", "huge.safetensors", "--out", "huge"],
-        &dir,
-        "the decoded values are not all finite numbers; nothing was written",
-    );
-    assert!(!dir.join("huge").exists());
 
     // config.json edited by hand.
     let config = dir.join("run/config.json");

@@ -126,8 +126,9 @@ fn mlp_coupling(
     Ok(coupling.init(net, device)?.into())
 }
 
-/// Builds NICE from a [validated](NiceConfig::validate) configuration.
+/// Builds NICE; refuses what [`NiceConfig::validate`] refuses.
 pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
+    config.validate()?;
     let dims: usize = config.shape.iter().product();
     let mut layers = Vec::with_capacity(config.couplings + 1);
     for i in 0..config.couplings {
@@ -150,8 +151,9 @@ pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
     })
 }
 
-/// Builds a flow for real vectors from a [validated](VectorFlowConfig::validate) configuration.
+/// Builds a flow for real vectors; refuses what [`VectorFlowConfig::validate`] refuses.
 pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
+    config.validate()?;
     let dims = config.dims;
     let kind = if config.affine {
         CouplingKind::AffineGlow

@@ -277,7 +277,6 @@ impl ModelConfig {
 
     /// A fresh model; refuses a configuration [`validate`](Self::validate) refuses.
     pub fn init(&self, device: &Device) -> Result<Model> {
-        self.validate()?;
         Ok(match self {
             ModelConfig::Glow(c) => Model::Glow(multiscale::glow(c, device)?),
             ModelConfig::Realnvp(c) => Model::Realnvp(multiscale::realnvp(c, device)?),

@@ -373,8 +373,9 @@ fn unflatten(z: &Tensor<2>, [c, h, w]: [usize; 3]) -> Result<Tensor<4>> {
     Ok(z.clone().reshape([n, c, h, w]))
 }
 
-/// Builds Glow from a [validated](GlowConfig::validate) configuration.
+/// Builds Glow; refuses what [`GlowConfig::validate`] refuses.
 pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>> {
+    config.validate()?;
     let mut c = config.shape[0];
     let mut levels = Vec::with_capacity(config.levels);
     for l in 0..config.levels {
@@ -427,8 +428,9 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
     })
 }
 
-/// Builds RealNVP from a [validated](RealNvpConfig::validate) configuration.
+/// Builds RealNVP; refuses what [`RealNvpConfig::validate`] refuses.
 pub fn realnvp(config: &RealNvpConfig, device: &Device) -> Result<MultiScale<ResNet>> {
+    config.validate()?;
     let [mut c, _, _] = config.shape;
     let couplings =
         |c: usize, mask: fn(bool) -> Mask, count: usize| -> Result<Sequential<Layer<ResNet>>> {
