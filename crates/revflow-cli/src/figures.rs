@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use revflow::figures::{make, Figure, Options};
+use revflow::validate::in_range;
 use revflow::FlowError;
 use serde_json::json;
 
@@ -36,6 +37,8 @@ pub struct FiguresArgs {
 }
 
 pub fn run(args: FiguresArgs) -> Result<Report, FlowError> {
+    in_range("--steps", args.steps, 1..)?;
+    in_range("--image-steps", args.image_steps, 1..)?;
     let figures = if args.only.is_empty() {
         Figure::ALL.to_vec()
     } else {
@@ -46,8 +49,8 @@ pub fn run(args: FiguresArgs) -> Result<Report, FlowError> {
     };
     let options = Options {
         out: args.out.clone(),
-        steps: args.steps.max(1),
-        image_steps: args.image_steps.max(1),
+        steps: args.steps,
+        image_steps: args.image_steps,
         run: args.run.clone(),
         seed: args.seed,
     };

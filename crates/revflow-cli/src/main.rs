@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use revflow::device::Backend;
+use revflow::validate::in_range;
 use revflow::FlowError;
 
 /// Reversible (flow-based) generative models: NICE, RealNVP and Glow.
@@ -96,6 +97,10 @@ struct BenchArgs {
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
+    in_range("--iters", args.iters, 1..)?;
+    if let Some(batch) = args.batch {
+        in_range("--batch", batch, 1..)?;
+    }
     revflow::fused::set_enabled(!args.unfused);
     let presets = revflow::bench::presets();
     let mut chosen = Vec::new();
@@ -291,6 +296,11 @@ fn main() -> ExitCode {
         eprintln!("revflow: internal error: {msg} (please report it)");
         std::process::exit(2);
     }));
+    // Paths end up in config.json and the JSON reports, which hold only UTF-8 text.
+    if let Some(arg) = std::env::args_os().find(|a| a.to_str().is_none()) {
+        eprintln!("revflow: arguments must be valid UTF-8 text, found {arg:?}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(report) => {
@@ -302,7 +312,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("revflow: {e}");
-            ExitCode::from(2)
+            // Stopped by Ctrl-C / SIGTERM at a checkpoint: the shell's code for an interrupt.
+            match e {
+                FlowError::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,8 +11,11 @@ use revflow::data::{self, Data};
 use revflow::models::{
     GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlowConfig,
 };
-use revflow::training::{per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig};
+use revflow::training::{
+    check_resume, per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig, RESUMABLE,
+};
 use revflow::{FlowError, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::use_model::draw_samples;
 use crate::Report;
@@ -37,10 +42,17 @@ pub enum PermutationArg {
     InvconvLu,
 }
 
+const DEFAULT_DATA: &str = "digits";
+const DEFAULT_SAMPLES: usize = 8192;
+
 /// Train a flow by maximum likelihood.
 ///
 /// Without arguments: Glow on the embedded 8×8 digits into runs/glow-digits, then the test
 /// bits/dim next to a per-pixel baseline, and sample grids in runs/glow-digits/samples/.
+///
+/// Ctrl-C (or SIGTERM) stops after the current step with a checkpoint of it and exit code 130;
+/// `--resume` continues from there on the same loss curve. A run is trained by one process at
+/// a time, and a crash at any moment leaves a complete checkpoint to resume from.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Model family (default: glow for images, vector for vectors).
@@ -49,13 +61,13 @@ pub struct TrainArgs {
     /// Data set: digits, mnist, fashion-mnist, cifar10, images:<folder>, csv:<file>, or a
     /// generated 2-D set (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals,
     /// rings, swissroll). See `revflow data list`.
-    #[arg(long, default_value = "digits")]
+    #[arg(long, default_value = DEFAULT_DATA)]
     pub data: String,
     /// Folder holding mnist / fashion-mnist / cifar10 files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Training points of a generated 2-D set.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = DEFAULT_SAMPLES)]
     pub samples: usize,
     /// Resize the images of an images:<folder> set to WIDTHxHEIGHT (they must otherwise
     /// share one size).
@@ -64,7 +76,9 @@ pub struct TrainArgs {
     /// Run directory (default: runs/<model>-<data>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint (--steps may extend it).
+    /// Continue the run in --out from its last checkpoint. A resume may change only --steps
+    /// (to extend the run), --lr, --warmup, --grad-clip, --weight-decay, --eval-every and
+    /// --checkpoint-every; any other option must agree with the run's config.json.
     #[arg(long)]
     pub resume: bool,
 
@@ -178,46 +192,20 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
             ))
         })
     };
-    let affine = args.coupling.map(|c| matches!(c, CouplingArg::Affine));
-    Ok(match kind {
-        ModelKind::Glow => {
-            let d = GlowConfig::default();
-            ModelConfig::Glow(GlowConfig {
-                shape: need_images("Glow")?,
-                levels: args.levels.unwrap_or(d.levels),
-                depth: args.depth.unwrap_or(d.depth),
-                hidden: args.hidden.unwrap_or(d.hidden),
-                affine: affine.unwrap_or(d.affine),
-                permutation: permutation(args.permutation, d.permutation),
-                learn_top: !args.no_learn_top,
-                classes,
-                class_weight: args.class_weight.unwrap_or(d.class_weight),
-                n_bits: args.n_bits.unwrap_or(d.n_bits),
-                pixel_norm: args.pixel_norm,
-                seed: args.seed,
-            })
-        }
-        ModelKind::Realnvp => {
-            let d = RealNvpConfig::default();
-            ModelConfig::Realnvp(RealNvpConfig {
-                shape: need_images("RealNVP")?,
-                scales: args.scales.unwrap_or(d.scales),
-                hidden: args.hidden.unwrap_or(d.hidden),
-                blocks: args.blocks.unwrap_or(d.blocks),
-                alpha: args.alpha.unwrap_or(d.alpha),
-                n_bits: args.n_bits.unwrap_or(d.n_bits),
-            })
-        }
-        ModelKind::Nice => {
-            let d = NiceConfig::default();
-            ModelConfig::Nice(NiceConfig {
-                shape: need_images("NICE")?,
-                couplings: args.couplings.unwrap_or(d.couplings),
-                hidden: args.hidden.unwrap_or(d.hidden),
-                layers: args.layers.unwrap_or(d.layers),
-                n_bits: args.n_bits.unwrap_or(d.n_bits),
-            })
-        }
+    let base = match kind {
+        ModelKind::Glow => ModelConfig::Glow(GlowConfig {
+            shape: need_images("Glow")?,
+            seed: args.seed,
+            ..Default::default()
+        }),
+        ModelKind::Realnvp => ModelConfig::Realnvp(RealNvpConfig {
+            shape: need_images("RealNVP")?,
+            ..Default::default()
+        }),
+        ModelKind::Nice => ModelConfig::Nice(NiceConfig {
+            shape: need_images("NICE")?,
+            ..Default::default()
+        }),
         ModelKind::Vector => {
             if shape.is_some() && args.model.is_some() {
                 return Err(FlowError::Config(format!(
@@ -225,19 +213,147 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
                     args.data
                 )));
             }
-            let d = VectorFlowConfig::default();
             ModelConfig::Vector(VectorFlowConfig {
                 dims,
-                steps: args.flow_steps.unwrap_or(d.steps),
-                hidden: args.hidden.unwrap_or(d.hidden),
-                layers: args.layers.unwrap_or(d.layers),
-                affine: affine.unwrap_or(d.affine),
-                permutation: permutation(args.permutation, d.permutation),
-                classes,
                 seed: args.seed,
+                ..Default::default()
             })
         }
-    })
+    };
+    Ok(with_model_options(args, base, classes))
+}
+
+/// `model` with the architecture options given on the command line applied; `--ycond`
+/// conditions on `classes` classes.
+fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> ModelConfig {
+    let affine = args.coupling.map(|c| matches!(c, CouplingArg::Affine));
+    let classes = |saved: usize| if args.ycond { classes } else { saved };
+    match model {
+        ModelConfig::Glow(c) => ModelConfig::Glow(GlowConfig {
+            levels: args.levels.unwrap_or(c.levels),
+            depth: args.depth.unwrap_or(c.depth),
+            hidden: args.hidden.unwrap_or(c.hidden),
+            affine: affine.unwrap_or(c.affine),
+            permutation: permutation(args.permutation, c.permutation),
+            learn_top: c.learn_top && !args.no_learn_top,
+            classes: classes(c.classes),
+            class_weight: args.class_weight.unwrap_or(c.class_weight),
+            n_bits: args.n_bits.unwrap_or(c.n_bits),
+            pixel_norm: c.pixel_norm || args.pixel_norm,
+            ..c
+        }),
+        ModelConfig::Realnvp(c) => ModelConfig::Realnvp(RealNvpConfig {
+            scales: args.scales.unwrap_or(c.scales),
+            hidden: args.hidden.unwrap_or(c.hidden),
+            blocks: args.blocks.unwrap_or(c.blocks),
+            alpha: args.alpha.unwrap_or(c.alpha),
+            n_bits: args.n_bits.unwrap_or(c.n_bits),
+            ..c
+        }),
+        ModelConfig::Nice(c) => ModelConfig::Nice(NiceConfig {
+            couplings: args.couplings.unwrap_or(c.couplings),
+            hidden: args.hidden.unwrap_or(c.hidden),
+            layers: args.layers.unwrap_or(c.layers),
+            n_bits: args.n_bits.unwrap_or(c.n_bits),
+            ..c
+        }),
+        ModelConfig::Vector(c) => ModelConfig::Vector(VectorFlowConfig {
+            steps: args.flow_steps.unwrap_or(c.steps),
+            hidden: args.hidden.unwrap_or(c.hidden),
+            layers: args.layers.unwrap_or(c.layers),
+            affine: affine.unwrap_or(c.affine),
+            permutation: permutation(args.permutation, c.permutation),
+            classes: classes(c.classes),
+            ..c
+        }),
+    }
+}
+
+/// The run's saved configuration with this command's options applied, refused (naming the
+/// option) where an option contradicts what the checkpoint was built and trained with.
+fn resumed(args: &TrainArgs, dir: &RunDir) -> Result<RunConfig> {
+    let saved = dir.read_config()?;
+    let kind = args.model.map(|k| format!("{k:?}").to_lowercase());
+    if let Some(kind) = kind.filter(|k| k != saved.model.name()) {
+        return Err(for_options(FlowError::Resume {
+            field: "model".into(),
+            found: kind,
+            saved: saved.model.name().into(),
+        }));
+    }
+    let mut asked = RunConfig {
+        model: with_model_options(args, saved.model.clone(), saved.class_names.len()),
+        train: train_config(args, saved.train.clone()),
+        ..saved
+    };
+    // clap cannot tell an option left at its default from one given with that value, so
+    // these count as given when they differ from their defaults.
+    if args.data != DEFAULT_DATA {
+        asked.data = args.data.clone();
+    }
+    if args.samples != DEFAULT_SAMPLES {
+        asked.data_samples = args.samples;
+    }
+    if args.seed != 0 {
+        asked.train.seed = args.seed;
+    }
+    if args.data_dir.is_some() {
+        asked.data_dir = args.data_dir.clone();
+    }
+    if args.resize.is_some() {
+        asked.data_resize = args.resize;
+    }
+    check_resume(dir, &asked).map_err(for_options)?;
+    Ok(asked)
+}
+
+/// The option that sets a field of config.json.
+fn option_of(field: &str) -> String {
+    let leaf = field.rsplit('.').next().unwrap_or(field);
+    match field {
+        "model.steps" => "--flow-steps".into(),
+        "model.classes" => "--ycond".into(),
+        "model.affine" => "--coupling".into(),
+        "model.learn_top" => "--no-learn-top".into(),
+        "data_samples" => "--samples".into(),
+        _ if field.starts_with("data_resize") => "--resize".into(),
+        _ => format!("--{}", leaf.replace('_', "-")),
+    }
+}
+
+/// Errors about fields of the run's configuration, reworded in terms of the options.
+fn for_options(e: FlowError) -> FlowError {
+    match e {
+        FlowError::Invalid {
+            name,
+            expected,
+            found,
+        } => FlowError::Invalid {
+            name: option_of(&name),
+            expected,
+            found,
+        },
+        FlowError::Resume {
+            field,
+            found,
+            saved,
+        } => {
+            let (option, leaf) = (
+                option_of(&field),
+                field.rsplit('.').next().unwrap_or(&field),
+            );
+            let asked = match option == format!("--{}", leaf.replace('_', "-")) {
+                true => format!("{option} {found}"),
+                false => format!("{option} (giving {leaf} {found})"),
+            };
+            let may: Vec<String> = RESUMABLE.iter().map(|f| option_of(f)).collect();
+            FlowError::Training(format!(
+                "{asked} contradicts the run's {leaf} {saved}; a resume may change only {}",
+                may.join(", ")
+            ))
+        }
+        other => other,
+    }
 }
 
 fn permutation(arg: Option<PermutationArg>, default: Permutation) -> Permutation {
@@ -306,8 +422,7 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             .clone()
             .ok_or_else(|| FlowError::Config("--resume needs --out RUN_DIR".into()))?;
         let dir = RunDir::new(&out);
-        let mut config = dir.read_config()?;
-        config.train = train_config(&args, config.train.clone());
+        let config = resumed(&args, &dir)?;
         (config, dir)
     } else {
         let splits = data::load_resized(
@@ -334,12 +449,6 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{name}", model.name())));
         let dir = RunDir::new(&out);
-        if dir.has_checkpoint() {
-            return Err(FlowError::Config(format!(
-                "{} already holds a run; continue it with --resume --out {0}, or choose another --out",
-                out.display()
-            )));
-        }
         let class_names = splits.train.class_names().to_vec();
         let config = RunConfig {
             model,
@@ -352,6 +461,7 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         };
         (config, dir)
     };
+    config.validate().map_err(for_options)?;
     let splits = config.load_data()?;
     eprintln!(
         "revflow: training {} on {} ({}) into {}",
@@ -370,14 +480,18 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             0.7,
         )
     };
+    let stop = stop_on_signals()?;
     let run = Run {
         config: config.clone(),
         data: &splits,
         dir: dir.clone(),
         draw_samples: Some(&draw),
+        stop: Some(&stop),
     };
     let mut progress = Progress::new();
-    let summary = run.train(args.resume, &mut |event| progress.show(event))?;
+    let summary = run
+        .train(args.resume, &mut |event| progress.show(event))
+        .map_err(for_options)?;
     progress.finish();
 
     let baseline = match (&splits.train, &splits.test, config.model.image_shape()) {
@@ -415,6 +529,19 @@ pub fn run(args: TrainArgs) -> Result<Report> {
             "run": dir.root, "samples": samples,
         }),
     })
+}
+
+/// A flag set by Ctrl-C or SIGTERM: training then stops after the current step and saves a
+/// checkpoint. A second signal ends the process at once, which the checkpoint protocol makes
+/// safe (the previous checkpoint stays complete).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+            .map_err(|e| FlowError::Training(format!("cannot handle signal {signal}: {e}")))?;
+    }
+    Ok(stop)
 }
 
 /// A progress bar on a terminal; periodic log lines otherwise.

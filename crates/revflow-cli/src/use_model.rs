@@ -10,6 +10,7 @@ use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
 use revflow::pictures::{check_grid, grid, read_image, save_png, scatter, single};
 use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
+use revflow::validate::in_range;
 use revflow::{FlowError, Result};
 
 use serde_json::json;
@@ -100,7 +101,7 @@ impl Loaded {
                     Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
                     None => {
                         let i: usize = range.parse().map_err(|_| bad())?;
-                        (i, i + 1)
+                        (i, i.checked_add(1).ok_or_else(bad)?)
                     }
                 };
                 if a >= b || b > data.len() {
@@ -133,6 +134,17 @@ impl Loaded {
     }
 }
 
+/// An interpolation end or a manipulated input is one input: an image file, `test:N` or
+/// `train:N`, not a range `test:A..B`.
+fn one_input(spec: &str) -> Result<()> {
+    match spec.split_once(':') {
+        Some(("test" | "train", range)) if range.contains("..") => Err(FlowError::Config(format!(
+            "{spec}: expected one input (an image file, test:N or train:N), not a range"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn points_of(x: Tensor<2>) -> Vec<Vec<f32>> {
     let d = x.dims()[1];
     x.into_data()
@@ -154,7 +166,7 @@ fn write_csv<T: std::fmt::Display>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
                 + "\n"
         })
         .collect();
-    revflow::weights::write_atomic(path, text.as_bytes())
+    revflow::files::write_atomic(path, text.as_bytes())
 }
 
 /// A sample picture: an image grid (a row per class for conditional models), or a scatter plot
@@ -211,6 +223,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<Report> {
+    in_range("--batch-size", args.batch_size, 1..)?;
     let run = open(&args.run)?;
     let splits = run.config.load_data()?;
     let data = match args.split.as_str() {
@@ -244,7 +257,7 @@ pub fn eval(args: EvalArgs) -> Result<Report> {
             let label = labels.get(i).map(|l| l.to_string()).unwrap_or_default();
             text.push_str(&format!("{i},{label},{b}\n"));
         }
-        revflow::weights::write_atomic(path, text.as_bytes())?;
+        revflow::files::write_atomic(path, text.as_bytes())?;
     }
     Ok(Report {
         human: format!(
@@ -291,9 +304,20 @@ pub struct SampleArgs {
 const SAMPLE_BATCH: usize = revflow::training::EVAL_BATCH;
 
 pub fn sample(args: SampleArgs) -> Result<Report> {
+    in_range("-n", args.n, 1..)?;
+    in_range("--temperature", args.temperature, 0.0..)?;
+    for &t in &args.temperatures {
+        in_range("--temperatures", t, 0.0..)?;
+    }
     let run = open(&args.run)?;
     run.device.seed(args.seed);
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
+    if class.is_some() && run.classes() == 0 {
+        return Err(FlowError::Config(format!(
+            "--class needs a class-conditional run (trained with --ycond); {} is not one",
+            args.run.display()
+        )));
+    }
     if run.classes() > 0 && class.is_none() && args.n > 0 {
         eprintln!(
             "revflow: class-conditional run; sampling classes in turn (choose one with --class)"
@@ -480,6 +504,9 @@ fn strip(
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
+    in_range("--steps", args.steps, 2..)?;
+    one_input(&args.a)?;
+    one_input(&args.b)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
     let steps = args.steps.max(2);
@@ -593,8 +620,15 @@ fn attribute_groups(
 }
 
 pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
+    for &alpha in &args.alphas {
+        in_range("--alphas", alpha, ..)?;
+    }
+    in_range("--per-class", args.per_class, 1..)?;
+    one_input(&args.input)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("manipulate")?;
+    // The input first: a bad one is refused before the mean latents are computed.
+    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
     let (towards, away, what) = match (&args.attributes, &args.attribute) {
         (Some(csv), Some(attribute)) => {
             let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
@@ -644,7 +678,6 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
         }
     };
     let dir: Vec<Tensor<2>> = towards.into_iter().zip(away).map(|(a, b)| a - b).collect();
-    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
     let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
     strip(
         &run,

@@ -95,9 +95,11 @@ fn glow_trains_evaluates_samples_and_round_trips_exactly() {
     for f in [
         "config.json",
         "metrics.jsonl",
-        "checkpoint/model.safetensors",
-        "checkpoint/optimizer.bin",
-        "checkpoint/state.json",
+        "LATEST",
+        "ckpt-000060/model.safetensors",
+        "ckpt-000060/optimizer.bin",
+        "ckpt-000060/state.json",
+        "ckpt-000060/config.json",
         "samples/step-000060.png",
     ] {
         assert!(dir.join("run").join(f).exists(), "{f} missing");
@@ -354,7 +356,7 @@ fn bad_input_is_one_clear_line_with_exit_code_2() {
     ok(&args, &dir);
     fails(&["train", "--out", "run"], &dir, "already holds a run");
     // A corrupt checkpoint.
-    let weights = dir.join("run/checkpoint/model.safetensors");
+    let weights = dir.join("run/ckpt-000004/model.safetensors");
     let good = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &good[..good.len() / 2]).unwrap();
     fails(&["eval", "run"], &dir, "model.safetensors");
@@ -386,9 +388,357 @@ fn bad_input_is_one_clear_line_with_exit_code_2() {
     ];
     args.extend(TINY_GLOW);
     fails(&args, &dir, "non-finite");
-    let state = std::fs::read_to_string(dir.join("nan/checkpoint/state.json")).unwrap();
+    let latest = std::fs::read_to_string(dir.join("nan/LATEST")).unwrap();
+    let state = std::fs::read_to_string(dir.join("nan").join(latest).join("state.json")).unwrap();
     assert!(state.contains("\"step\""));
     ok(&["eval", "nan"], &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Exit code 2 and exactly one line on stderr, containing `needle`: no panic, no "internal
+/// error", no progress lines before it.
+fn refused(args: &[&str], cwd: &Path, needle: &str) {
+    let out = revflow(args, cwd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "revflow {args:?}: {stderr}");
+    assert!(
+        !stderr.contains("internal error") && !stderr.contains("panicked"),
+        "revflow {args:?}: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "revflow {args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "revflow {args:?}: expected {needle:?} in {stderr:?}"
+    );
+}
+
+/// [`TINY_GLOW`] with `extra` options, which replace its own of the same name.
+fn tiny_glow_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let given = |key: &str| extra.iter().any(|e| e.split('=').next() == Some(key));
+    TINY_GLOW
+        .chunks(2)
+        .filter(|pair| !given(pair[0]))
+        .flatten()
+        .chain(extra)
+        .copied()
+        .collect()
+}
+
+#[test]
+fn out_of_range_options_are_refused_naming_the_range_before_anything_is_written() {
+    let dir = temp("ranges");
+    let train = |extra: &[&str], needle: &str| {
+        let mut args = vec!["train", "--out", "run"];
+        args.extend(tiny_glow_with(extra));
+        if !extra.contains(&"--steps") {
+            args.extend(["--steps", "2"]);
+        }
+        refused(&args, &dir, needle);
+        assert!(!dir.join("run").exists(), "{extra:?} left a run behind");
+    };
+    let positive = "must be a finite number > 0, found";
+    train(
+        &["--grad-clip", "inf"],
+        &format!("--grad-clip {positive} inf"),
+    );
+    train(&["--grad-clip", "0"], &format!("--grad-clip {positive} 0"));
+    train(&["--lr=-1"], &format!("--lr {positive} -1"));
+    let non_negative = "must be a finite number ≥ 0, found";
+    train(
+        &["--weight-decay", "nan"],
+        &format!("--weight-decay {non_negative} NaN"),
+    );
+    train(
+        &["--weight-decay=-5"],
+        &format!("--weight-decay {non_negative} -5"),
+    );
+    train(
+        &["--n-bits", "9"],
+        "--n-bits must be an integer in [1, 8], found 9",
+    );
+    train(
+        &["--n-bits", "0"],
+        "--n-bits must be an integer in [1, 8], found 0",
+    );
+    train(
+        &["--levels", "0"],
+        "--levels must be an integer ≥ 1, found 0",
+    );
+    train(&["--depth", "0"], "--depth must be an integer ≥ 1, found 0");
+    train(
+        &["--batch-size", "0"],
+        "--batch-size must be an integer ≥ 1, found 0",
+    );
+    train(&["--steps", "0"], "--steps must be an integer ≥ 1, found 0");
+    train(
+        &["--eval-every", "0"],
+        "--eval-every must be an integer ≥ 1, found 0",
+    );
+    train(
+        &["--model", "realnvp", "--alpha", "nan"],
+        "--alpha must be a finite number in (0, 0.5), found NaN",
+    );
+    train(
+        &["--model", "vector", "--data", "moons", "--flow-steps", "0"],
+        "--flow-steps must be an integer ≥ 1, found 0",
+    );
+    train(
+        &["--levels", "70"],
+        "70 squeezes need height and width divisible by 2^70",
+    );
+    // `train` takes --data-dir (`data fetch` takes --dir).
+    train(&["--data", "mnist"], "pass --data-dir DIR");
+
+    // Paths go into config.json and JSON reports: UTF-8 only.
+    let out = Command::new(env!("CARGO_BIN_EXE_revflow"))
+        .args(["sample", "nowhere", "--out"])
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"s\xff.png"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("revflow: arguments must be valid UTF-8 text"),
+        "{stderr}"
+    );
+
+    // Options of the commands that use a run are checked before the run is opened.
+    for (args, needle) in [
+        (
+            &["sample", "nowhere", "--temperature", "nan"][..],
+            "--temperature must be a finite number ≥ 0, found NaN",
+        ),
+        (&["sample", "nowhere", "--temperature", "inf"], "found inf"),
+        (&["sample", "nowhere", "--temperature=-1"], "found -1"),
+        (
+            &["sample", "nowhere", "--temperatures", "0,nan"],
+            "--temperatures must be",
+        ),
+        (
+            &["sample", "nowhere", "-n", "0"],
+            "-n must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["interpolate", "nowhere", "test:0", "test:1", "--steps", "1"],
+            "--steps must be an integer ≥ 2, found 1",
+        ),
+        (
+            &[
+                "manipulate",
+                "nowhere",
+                "test:0",
+                "--from",
+                "0",
+                "--to",
+                "1",
+                "--alphas",
+                "0,nan",
+            ],
+            "--alphas must be a finite number, found NaN",
+        ),
+        (
+            &[
+                "manipulate",
+                "nowhere",
+                "test:0",
+                "--from",
+                "0",
+                "--to",
+                "1",
+                "--per-class",
+                "0",
+            ],
+            "--per-class must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["eval", "nowhere", "--batch-size", "0"],
+            "--batch-size must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["bench", "--iters", "0"],
+            "--iters must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["bench", "--batch", "0"],
+            "--batch must be an integer ≥ 1, found 0",
+        ),
+        (
+            &["figures", "--steps", "0"],
+            "--steps must be an integer ≥ 1, found 0",
+        ),
+    ] {
+        refused(args, &dir, needle);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Overwrites the first (by name) f32 tensor of a safetensors file with NaN; returns its name.
+fn poison_weights(path: &Path) -> String {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (name, info) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["dtype"] == "F32")
+        .min_by_key(|(k, _)| k.as_str())
+        .unwrap();
+    let [a, b] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+    bytes[8 + n + a..8 + n + b].fill(0xFF);
+    std::fs::write(path, bytes).unwrap();
+    name.clone()
+}
+
+/// Writes a latent file by hand: level `i` holds `rows × cols[i]` copies of `value`.
+fn latent_file(path: &Path, rows: usize, cols: &[usize], value: f32) {
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (i, c) in cols.iter().enumerate() {
+        let start = data.len();
+        data.extend((0..rows * c).flat_map(|_| value.to_le_bytes()));
+        header.insert(
+            format!("z{i}"),
+            serde_json::json!({"dtype": "F32", "shape": [rows, c], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let bytes = [&(header.len() as u64).to_le_bytes()[..], &header, &data].concat();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bad_run_files_and_contradicting_resumes_are_one_line_each() {
+    let dir = temp("runfiles");
+    for (out, hidden) in [("run", "16"), ("other", "8")] {
+        let mut args = vec!["train", "--steps", "3", "--out", out];
+        args.extend(tiny_glow_with(&["--hidden", hidden]));
+        ok(&args, &dir);
+    }
+    let checkpoint = |run: &str| {
+        revflow::training::RunDir::new(&dir.join(run))
+            .current_checkpoint()
+            .unwrap()
+    };
+
+    // A resume may change the schedule, nothing that describes the model or its data.
+    let resume = ["train", "--resume", "--out", "run"];
+    let may = "a resume may change only --steps, --lr, --warmup, --grad-clip, --weight-decay, --eval-every, --checkpoint-every";
+    for (extra, needle) in [
+        (
+            &["--hidden", "32"][..],
+            format!("--hidden 32 contradicts the run's hidden 16; {may}"),
+        ),
+        (
+            &["--model", "realnvp"],
+            "--model realnvp contradicts the run's model glow".into(),
+        ),
+        (
+            &["--data", "moons"],
+            "--data moons contradicts the run's data digits".into(),
+        ),
+        (
+            &["--coupling", "additive"],
+            "--coupling (giving affine false) contradicts the run's affine true".into(),
+        ),
+        (
+            &["--batch-size", "8"],
+            "--batch-size 8 contradicts the run's batch_size 32".into(),
+        ),
+        (
+            &["--seed", "5"],
+            "--seed 5 contradicts the run's seed 0".into(),
+        ),
+        (
+            &["--steps", "2"],
+            "--steps must be an integer ≥ 3, found 2".into(),
+        ),
+        (
+            &["--lr", "nan"],
+            "--lr must be a finite number > 0, found NaN".into(),
+        ),
+    ] {
+        refused(&[&resume[..], extra].concat(), &dir, &needle);
+    }
+    ok(
+        &[&resume[..], &["--steps", "4", "--lr", "5e-4"]].concat(),
+        &dir,
+    );
+
+    // Another run's optimizer state: refused before burn sees it.
+    let optimizer = checkpoint("run").join("optimizer.bin");
+    let own = std::fs::read(&optimizer).unwrap();
+    std::fs::copy(checkpoint("other").join("optimizer.bin"), &optimizer).unwrap();
+    // (After the line saying what is being trained: the model is needed to check it.)
+    fails(
+        &[&resume[..], &["--steps", "6"]].concat(),
+        &dir,
+        "optimizer.bin: not the optimizer state of this run's model",
+    );
+    std::fs::write(&optimizer, own).unwrap();
+
+    // Each interpolation end is one input, in range.
+    refused(
+        &["interpolate", "run", "test:0..5", "test:200"],
+        &dir,
+        "test:0..5: expected one input (an image file, test:N or train:N), not a range",
+    );
+    refused(
+        &["interpolate", "run", "test:0", "test:300"],
+        &dir,
+        "indices below 300",
+    );
+    refused(
+        &["interpolate", "run", "test:0", "test:18446744073709551615"],
+        &dir,
+        "indices below 300",
+    );
+    refused(
+        &["sample", "run", "--class", "3"],
+        &dir,
+        "--class needs a class-conditional run",
+    );
+
+    // A latent file without rows.
+    latent_file(&dir.join("empty.safetensors"), 0, &[64], 0.0);
+    refused(
+        &["decode", "run", "empty.safetensors"],
+        &dir,
+        "z0 has no rows",
+    );
+
+    // config.json edited by hand.
+    let config = dir.join("run/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (edited, needle) in [
+        (
+            text.replace("\"n_bits\": 8", "\"n_bits\": 99"),
+            "model.n_bits must be an integer in [1, 8], found 99",
+        ),
+        (
+            text.replace("\"n_bits\": 8", "\"n_bits\": 0"),
+            "model.n_bits must be an integer in [1, 8], found 0",
+        ),
+        (text.replace("\"lr\": 0.001", "\"lr\": null"), "config.json"),
+        (
+            text.replacen('{', "{\"colour\": 1,", 1),
+            "unknown field `colour`",
+        ),
+    ] {
+        std::fs::write(&config, edited).unwrap();
+        refused(&["eval", "run"], &dir, needle);
+    }
+    std::fs::write(&config, text).unwrap();
+
+    // NaN weights: named, not evaluated to "NaN bits/dim".
+    let weights = checkpoint("run").join("model.safetensors");
+    let tensor = poison_weights(&weights);
+    refused(
+        &["eval", "run"],
+        &dir,
+        &format!("model.safetensors: {tensor} holds NaN or infinite values"),
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

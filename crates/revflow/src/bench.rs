@@ -12,9 +12,10 @@ use serde::Serialize;
 
 use crate::device::Backend;
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
 use crate::models::{GlowConfig, Model, ModelConfig};
 use crate::rng::Rng;
-use crate::weights::{self, write_atomic};
+use crate::weights;
 
 /// A benchmark configuration: a Glow and the batch size it is timed at.
 #[derive(Debug, Clone)]

@@ -19,6 +19,25 @@ pub enum FlowError {
         layer: &'static str,
         problem: String,
     },
+    /// A number outside its valid range: an option, a field of config.json, an argument.
+    /// `name` is the option or field (`train.lr` in a configuration), `expected` the range.
+    #[error("{name} must be {expected}, found {found}")]
+    Invalid {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    /// A resumed run asked for a value of config.json that a resume cannot change (a field
+    /// other than [`RESUMABLE`](crate::training::RESUMABLE)); `field` as `model.hidden`.
+    #[error(
+        "{field} {found} contradicts the run's {field} {saved}; a resume may change only {}",
+        crate::training::RESUMABLE.map(|f| format!("train.{f}")).join(", ")
+    )]
+    Resume {
+        field: String,
+        found: String,
+        saved: String,
+    },
     /// A configuration that cannot describe a valid flow.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -35,6 +54,13 @@ pub enum FlowError {
     /// Training cannot go on (non-finite loss, a run directory in an unexpected state).
     #[error("{0}")]
     Training(String),
+    /// Training was asked to stop (Ctrl-C, SIGTERM) and stopped at a checkpoint.
+    #[error("interrupted at step {step} of {steps}; the run in {dir} is saved at that step: continue it with `revflow train --resume --out {dir}`")]
+    Interrupted {
+        step: usize,
+        steps: usize,
+        dir: PathBuf,
+    },
     /// A chart or animation that could not be drawn.
     #[error("{0}")]
     Picture(String),

@@ -8,9 +8,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
 use crate::flow::{in_chunks, Cond};
 use crate::models::Model;
-use crate::weights::write_atomic;
 
 /// Writes the latents of a batch, one `(N, dᵢ)` tensor per level, with `metadata`.
 pub fn save(path: &Path, levels: &[Tensor<2>], metadata: HashMap<String, String>) -> Result<()> {
@@ -70,6 +70,19 @@ pub fn load(path: &Path, device: &Device) -> Result<(Vec<Tensor<2>>, HashMap<Str
             .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
         let shape = [view.shape()[0], view.shape()[1]];
+        let rows = levels.first().map_or(shape[0], |z: &Tensor<2>| z.dims()[0]);
+        if shape[0] == 0 {
+            return Err(bad(format!("z{i} has no rows: the file holds no inputs")));
+        }
+        if shape[0] != rows {
+            return Err(bad(format!(
+                "z{i} has {} rows but z0 has {rows}; every level holds one row per input",
+                shape[0]
+            )));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(bad(format!("z{i} holds NaN or infinite values")));
+        }
         levels.push(Tensor::from_data(TensorData::new(values, shape), device));
     }
     if levels.is_empty() {
@@ -153,6 +166,11 @@ pub fn walk(
     ts: &[f64],
     cond: Cond,
 ) -> Result<Tensor<2>> {
+    if ts.is_empty() {
+        return Err(FlowError::Config(
+            "a latent walk needs at least one step".into(),
+        ));
+    }
     let mut rows = Vec::with_capacity(ts.len());
     for &t in ts {
         let z: Vec<Tensor<2>> = zs
@@ -226,6 +244,21 @@ mod tests {
         assert_eq!(back.len(), 2);
         for (a, b) in levels.iter().zip(&back) {
             assert_eq!(to_vec(a.clone()), to_vec(b.clone()));
+        }
+        for (levels, problem) in [
+            (vec![randn([0, 8], &dev)], "z0 has no rows"),
+            (
+                vec![randn([2, 8], &dev), randn([3, 3], &dev)],
+                "z1 has 3 rows but z0 has 2",
+            ),
+            (
+                vec![randn([2, 8], &dev) / 0.0],
+                "z0 holds NaN or infinite values",
+            ),
+        ] {
+            save(&path, &levels, HashMap::new()).unwrap();
+            let err = load(&path, &dev).unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
         }
         std::fs::write(&path, b"junk").unwrap();
         let err = load(&path, &dev).unwrap_err().to_string();

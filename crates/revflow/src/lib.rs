@@ -26,6 +26,7 @@ pub mod device;
 pub mod distributions;
 pub mod error;
 pub mod figures;
+pub mod files;
 pub mod flow;
 pub mod fused;
 pub mod latents;
@@ -37,6 +38,7 @@ pub mod nets;
 pub mod pictures;
 mod rng;
 pub mod training;
+pub mod validate;
 pub mod weights;
 
 #[cfg(test)]

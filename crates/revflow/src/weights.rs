@@ -1,17 +1,25 @@
 //! Parameters on disk as safetensors, named by their path in the module tree
-//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written to a
-//! temporary name and renamed, so a crash never leaves a half-written file behind.
+//! (`layers.3.ActNorm.log_scale`), so a PyTorch user can open them. Files are written
+//! atomically ([`crate::files::write_atomic`]), so a crash never leaves a half-written file.
 
 use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use safetensors::SafeTensors;
 
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
+use crate::validate::non_finite;
 
 /// Writes every parameter of `module` (including ActNorm's initialised flag, permutations and
 /// running statistics) to `path`, atomically.
 pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
+    write_atomic(path, &to_bytes(module, path)?)
+}
+
+/// The safetensors bytes of `module` (`path` names the file in errors).
+pub fn to_bytes<M: Module>(module: &M, path: &Path) -> Result<Vec<u8>> {
     let weights_error = |problem: String| FlowError::Weights {
         path: path.to_path_buf(),
         problem,
@@ -20,13 +28,11 @@ pub fn save<M: Module>(module: &M, path: &Path) -> Result<()> {
     module
         .save_into(&mut store)
         .map_err(|e| weights_error(e.to_string()))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| weights_error(e.to_string()))?;
-    write_atomic(path, &bytes)
+    store.get_bytes().map_err(|e| weights_error(e.to_string()))
 }
 
-/// Loads `path` into `module`, which must have exactly the same structure and shapes.
+/// Loads `path` into `module`, which must have exactly the same structure and shapes, and
+/// finite values: a diverged model would otherwise report NaN likelihoods as results.
 pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
     let weights_error = |problem: String| FlowError::Weights {
         path: path.to_path_buf(),
@@ -36,6 +42,21 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         path: path.to_path_buf(),
         source,
     })?;
+    // The first tensor (by name) holding a NaN or ±∞; a file that does not parse is
+    // reported by the loader below.
+    if let Ok(file) = SafeTensors::deserialize(&bytes) {
+        let mut names = file.names();
+        names.sort_unstable();
+        let bad = |name: &&str| {
+            file.tensor(name)
+                .is_ok_and(|t| non_finite(t.dtype(), t.data()))
+        };
+        if let Some(name) = names.into_iter().find(bad) {
+            return Err(weights_error(format!(
+                "{name} holds NaN or infinite values; this checkpoint cannot be used (did training diverge?)"
+            )));
+        }
+    }
     // Collect every problem rather than stopping at burn's first, then report them in one line.
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .validate(false)
@@ -81,24 +102,6 @@ pub fn load<M: Module>(mut module: M, path: &Path) -> Result<M> {
         )));
     }
     Ok(module)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| FlowError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
 }
 
 #[cfg(test)]
@@ -219,6 +222,35 @@ mod tests {
         let err = load(tiny(&dev, 1), &path).unwrap_err().to_string();
         assert!(
             err.starts_with("weights file") && err.contains("model.safetensors"),
+            "{err}"
+        );
+
+        // NaN weights (a diverged model saved by another program, a corrupted file).
+        save(&tiny(&dev, 1), &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        let poisoned = "flow.layers.0.ActNorm.log_scale";
+        for (name, _, _, data) in &mut tensors {
+            if name == poisoned {
+                data[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+        let views = tensors.iter().map(|(n, d, s, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data).unwrap(),
+            )
+        });
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let err = load(tiny(&dev, 1), &path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors")
+                && err.contains(&format!("{poisoned} holds NaN or infinite values")),
             "{err}"
         );
 

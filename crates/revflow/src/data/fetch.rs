@@ -172,29 +172,33 @@ fn download(
     ))
 }
 
-/// A file being written that is deleted unless it is kept, so that no failure leaves a
-/// partial file behind.
-struct TempFile(PathBuf);
+/// A download being written: created exclusively under a random name beside its destination
+/// (never through a file or symlink someone planted), removed unless it is kept.
+struct Part(tempfile::NamedTempFile);
 
-impl TempFile {
-    fn beside(dest: &Path) -> TempFile {
+impl Part {
+    fn beside(dest: &Path) -> Result<Part> {
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
-        TempFile(dest.with_file_name(format!(".{name}.part")))
+        let folder = dest.parent().unwrap_or(Path::new("."));
+        tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .tempfile_in(folder)
+            .map(Part)
+            .map_err(|e| FlowError::data(dest.display(), format!("cannot write: {e}")))
     }
 
+    /// Flushes the file to disk and renames it to `dest`.
     fn keep_as(self, dest: &Path) -> Result<()> {
-        std::fs::rename(&self.0, dest).map_err(|e| {
+        let failed = |e: std::io::Error| {
             FlowError::data(
                 dest.display(),
                 format!("cannot move download into place: {e}"),
             )
-        })
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        };
+        self.0.as_file().sync_all().map_err(failed)?;
+        self.0.persist(dest).map_err(|e| failed(e.error))?;
+        crate::files::sync_dir(dest.parent().unwrap_or(Path::new(".")))
     }
 }
 
@@ -205,9 +209,8 @@ fn save_verified(
     dest: &Path,
     remote: &Remote,
 ) -> Result<std::result::Result<(), String>> {
-    let tmp = TempFile::beside(dest);
-    let local = |e: std::io::Error| FlowError::data(tmp.0.display(), format!("cannot write: {e}"));
-    let mut out = File::create(&tmp.0).map_err(local)?;
+    let mut tmp = Part::beside(dest)?;
+    let local = |e: std::io::Error| FlowError::data(dest.display(), format!("cannot write: {e}"));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
@@ -230,10 +233,8 @@ fn save_verified(
             )));
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(local)?;
+        tmp.0.write_all(&buf[..n]).map_err(local)?;
     }
-    out.sync_all().map_err(local)?;
-    drop(out);
     let found = hex(&hasher.finalize());
     if found != remote.sha256 {
         return Ok(Err(format!(
@@ -298,10 +299,8 @@ fn extract_cifar(archive: &Path, dir: &Path) -> Result<()> {
             continue;
         };
         let dest = out_dir.join(wanted);
-        let tmp = TempFile::beside(&dest);
-        let mut out = File::create(&tmp.0)
-            .map_err(|e| FlowError::data(tmp.0.display(), format!("cannot write: {e}")))?;
-        std::io::copy(&mut entry, &mut out).map_err(bad)?;
+        let mut tmp = Part::beside(&dest)?;
+        std::io::copy(&mut entry, &mut tmp.0).map_err(bad)?;
         tmp.keep_as(&dest)?;
     }
     if let Some(missing) = cifar_files().find(|f| !out_dir.join(f).is_file()) {

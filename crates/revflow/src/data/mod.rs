@@ -198,15 +198,15 @@ pub fn catalogue() -> Vec<(&'static str, &'static str)> {
         ),
         (
             "mnist",
-            "70000 28×28 grey handwritten digits, 10 classes; IDX files in --dir (revflow data fetch mnist)",
+            "70000 28×28 grey handwritten digits, 10 classes; IDX files in --data-dir (revflow data fetch mnist --dir DIR)",
         ),
         (
             "fashion-mnist",
-            "70000 28×28 grey clothing images, 10 classes; IDX files in --dir (revflow data fetch fashion-mnist)",
+            "70000 28×28 grey clothing images, 10 classes; IDX files in --data-dir (revflow data fetch fashion-mnist --dir DIR)",
         ),
         (
             "cifar10",
-            "60000 32×32 colour images, 10 classes; binary batches in --dir (revflow data fetch cifar10)",
+            "60000 32×32 colour images, 10 classes; binary batches in --data-dir (revflow data fetch cifar10 --dir DIR)",
         ),
         (
             "images:<folder>",
@@ -305,7 +305,7 @@ fn need_dir<'a>(name: &str, dir: Option<&'a Path>) -> Result<&'a Path> {
         FlowError::data(
             name,
             format!(
-                "needs the folder holding its files: pass --dir DIR \
+                "needs the folder holding its files: pass --data-dir DIR \
                  (`revflow data fetch {name} --dir DIR` downloads them)"
             ),
         )
@@ -483,7 +483,8 @@ mod tests {
     fn file_sets_need_a_dir() {
         let e = load("cifar10", None, 0, 0).unwrap_err().to_string();
         assert!(
-            e.contains("--dir DIR") && e.contains("revflow data fetch cifar10"),
+            // `train` takes --data-dir; `data fetch` takes --dir.
+            e.contains("pass --data-dir DIR") && e.contains("revflow data fetch cifar10 --dir DIR"),
             "{e}"
         );
     }

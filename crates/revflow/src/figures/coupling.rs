@@ -19,13 +19,13 @@ use plotters::prelude::*;
 use super::gallery::SNAKE;
 use super::{points, tensor, to_points, trained_flow, trained_toy, Made, Options, Toy};
 use crate::error::{FlowError, Result};
+use crate::files::write_atomic;
 use crate::flow::Flow;
 use crate::layers::{CouplingKind, Layer};
 use crate::models::{Permutation, VectorFlowConfig};
 use crate::nets::Mlp;
 use crate::pictures::plot::{self, FONT};
 use crate::pictures::save_png;
-use crate::weights::write_atomic;
 
 /// What a layer does, in one line, given the points before and after it.
 fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> String {

@@ -247,6 +247,7 @@ fn trained(
             data,
             dir: RunDir::new(&dir.root),
             draw_samples: None,
+            stop: None,
         };
         run.train(false, &mut |_| {})?.test.bits_per_dim
     };

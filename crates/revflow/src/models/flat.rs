@@ -126,19 +126,10 @@ fn mlp_coupling(
     Ok(coupling.init(net, device)?.into())
 }
 
-fn check_dims(dims: usize) -> Result<()> {
-    if dims < 2 {
-        return Err(FlowError::Config(format!(
-            "a coupling flow needs at least 2 dimensions, got {dims}"
-        )));
-    }
-    Ok(())
-}
-
-/// Builds NICE.
+/// Builds NICE; refuses what [`NiceConfig::validate`] refuses.
 pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
+    config.validate()?;
     let dims: usize = config.shape.iter().product();
-    check_dims(dims)?;
     let mut layers = Vec::with_capacity(config.couplings + 1);
     for i in 0..config.couplings {
         layers.push(mlp_coupling(
@@ -160,10 +151,10 @@ pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
     })
 }
 
-/// Builds a flow for real vectors.
+/// Builds a flow for real vectors; refuses what [`VectorFlowConfig::validate`] refuses.
 pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
+    config.validate()?;
     let dims = config.dims;
-    check_dims(dims)?;
     let kind = if config.affine {
         CouplingKind::AffineGlow
     } else {

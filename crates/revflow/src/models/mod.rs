@@ -14,10 +14,11 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{FlowError, Result};
 use crate::flow::Cond;
 use crate::layers::{InvConvConfig, Layer, Permute};
 use crate::nets::{ConvNet, ResNet};
+use crate::validate::{between, in_range};
 
 /// How Glow mixes channels between couplings.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,82 @@ impl Default for VectorFlowConfig {
     }
 }
 
+/// Bits per pixel a model may keep.
+const N_BITS: std::ops::RangeInclusive<u32> = 1..=8;
+
+/// Images `[C, H, W]` that `squeezes` 2×2 squeezes can divide.
+fn check_shape(shape: [usize; 3], squeezes: usize) -> Result<()> {
+    let [c, h, w] = shape;
+    let divisible = |n: usize| n != 0 && n.trailing_zeros() as usize >= squeezes;
+    if c == 0 || !divisible(h) || !divisible(w) {
+        let f = match u32::try_from(squeezes)
+            .ok()
+            .and_then(|s| 1usize.checked_shl(s))
+        {
+            Some(f) => f.to_string(),
+            None => format!("2^{squeezes}"),
+        };
+        return Err(FlowError::Config(format!(
+            "{squeezes} squeezes need height and width divisible by {f}, got {c}×{h}×{w}; use fewer levels"
+        )));
+    }
+    Ok(())
+}
+
+/// Coupling layers split the features in two halves, each non-empty.
+fn check_dims(dims: usize) -> Result<()> {
+    if dims < 2 {
+        return Err(FlowError::Config(format!(
+            "a coupling flow needs at least 2 dimensions, got {dims}"
+        )));
+    }
+    Ok(())
+}
+
+impl GlowConfig {
+    /// Every field in range; errors name the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        in_range("levels", self.levels, 1..)?;
+        in_range("depth", self.depth, 1..)?;
+        in_range("hidden", self.hidden, 1..)?;
+        in_range("n_bits", self.n_bits, N_BITS)?;
+        in_range("class_weight", self.class_weight, 0.0..)?;
+        check_shape(self.shape, self.levels)
+    }
+}
+
+impl RealNvpConfig {
+    /// Every field in range; errors name the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        in_range("scales", self.scales, 1..)?;
+        in_range("hidden", self.hidden, 1..)?;
+        in_range("alpha", self.alpha, between(0.0, 0.5))?;
+        in_range("n_bits", self.n_bits, N_BITS)?;
+        check_shape(self.shape, self.scales - 1)
+    }
+}
+
+impl NiceConfig {
+    /// Every field in range; errors name the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        // No hidden layers (`layers: 0`) makes each coupling's network linear, a valid flow.
+        in_range("couplings", self.couplings, 1..)?;
+        in_range("hidden", self.hidden, 1..)?;
+        in_range("n_bits", self.n_bits, N_BITS)?;
+        check_shape(self.shape, 0)?;
+        check_dims(self.shape.iter().product())
+    }
+}
+
+impl VectorFlowConfig {
+    /// Every field in range; errors name the field and its valid range.
+    pub fn validate(&self) -> Result<()> {
+        in_range("steps", self.steps, 1..)?;
+        in_range("hidden", self.hidden, 1..)?;
+        check_dims(self.dims)
+    }
+}
+
 /// Which model, with its hyper-parameters; saved as `config.json` in a checkpoint.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "model", rename_all = "kebab-case")]
@@ -188,6 +265,17 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
+    /// Every field in range (see each family's `validate`).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Glow(c) => c.validate(),
+            ModelConfig::Realnvp(c) => c.validate(),
+            ModelConfig::Nice(c) => c.validate(),
+            ModelConfig::Vector(c) => c.validate(),
+        }
+    }
+
+    /// A fresh model; refuses a configuration [`validate`](Self::validate) refuses.
     pub fn init(&self, device: &Device) -> Result<Model> {
         crate::limits::check(
             format!("the {} model's parameters", self.name()),
@@ -284,6 +372,7 @@ impl Model {
     /// Decodes from the top latent alone, the lower levels drawn from their priors at
     /// `temperature` (0: their means). A flat flow has one level: the plain inverse.
     pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
+        in_range("temperature", temperature, 0.0..)?;
         match self {
             Model::Glow(m) => m.decode_top(top, temperature, cond),
             Model::Realnvp(m) => m.decode_top(top, temperature, cond),
@@ -299,6 +388,7 @@ impl Model {
         cond: Cond,
         device: &Device,
     ) -> Result<Tensor<2>> {
+        in_range("temperature", temperature, 0.0..)?;
         each!(self, m => m.sample(n, temperature, cond, device))
     }
 
@@ -546,13 +636,6 @@ mod tests {
             err.to_string().contains("divisible by 4, got 1×6×6"),
             "{err}"
         );
-        let err = ModelConfig::Glow(GlowConfig {
-            hidden: 0,
-            ..Default::default()
-        })
-        .init(&dev)
-        .unwrap_err();
-        assert!(err.to_string().contains("hidden channel"), "{err}");
         let model = configs()[0].init(&dev).unwrap();
         let err = model.log_prob(pixels(1, 20, &dev), None, true).unwrap_err();
         assert!(
@@ -601,5 +684,119 @@ mod tests {
         }
         let err = serde_json::from_str::<ModelConfig>(r#"{"model":"glow","depht":3}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `depht`"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field_and_its_range() {
+        let glow = |edit: fn(&mut GlowConfig)| {
+            let mut c = GlowConfig::default();
+            edit(&mut c);
+            ModelConfig::Glow(c)
+                .init(&device())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            glow(|c| c.n_bits = 0),
+            "n_bits must be an integer in [1, 8], found 0"
+        );
+        assert_eq!(
+            glow(|c| c.n_bits = 9),
+            "n_bits must be an integer in [1, 8], found 9"
+        );
+        assert_eq!(
+            glow(|c| c.levels = 0),
+            "levels must be an integer ≥ 1, found 0"
+        );
+        assert_eq!(
+            glow(|c| c.depth = 0),
+            "depth must be an integer ≥ 1, found 0"
+        );
+        assert_eq!(
+            glow(|c| c.hidden = 0),
+            "hidden must be an integer ≥ 1, found 0"
+        );
+        assert_eq!(
+            glow(|c| c.class_weight = f64::NAN),
+            "class_weight must be a finite number ≥ 0, found NaN"
+        );
+        assert!(glow(|c| c.shape = [0, 8, 8]).contains("got 0×8×8"));
+        // More squeezes than bits in a usize: refused, not an overflow.
+        assert!(glow(|c| c.levels = 200)
+            .contains("200 squeezes need height and width divisible by 2^200"));
+
+        let realnvp = |edit: fn(&mut RealNvpConfig)| {
+            let mut c = RealNvpConfig::default();
+            edit(&mut c);
+            ModelConfig::Realnvp(c).validate().unwrap_err().to_string()
+        };
+        for alpha in [f64::NAN, 0.0, 0.5, -1.0] {
+            let err = ModelConfig::Realnvp(RealNvpConfig {
+                alpha,
+                ..Default::default()
+            })
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                err,
+                format!("alpha must be a finite number in (0, 0.5), found {alpha}")
+            );
+        }
+        assert_eq!(
+            realnvp(|c| c.scales = 0),
+            "scales must be an integer ≥ 1, found 0"
+        );
+        assert_eq!(
+            realnvp(|c| c.n_bits = 0),
+            "n_bits must be an integer in [1, 8], found 0"
+        );
+
+        let nice = |edit: fn(&mut NiceConfig)| {
+            let mut c = NiceConfig::default();
+            edit(&mut c);
+            ModelConfig::Nice(c).validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            nice(|c| c.couplings = 0),
+            "couplings must be an integer ≥ 1, found 0"
+        );
+        assert!(nice(|c| c.shape = [1, 1, 1]).contains("at least 2 dimensions"));
+
+        let vector = |edit: fn(&mut VectorFlowConfig)| {
+            let mut c = VectorFlowConfig::default();
+            edit(&mut c);
+            ModelConfig::Vector(c).validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            vector(|c| c.steps = 0),
+            "steps must be an integer ≥ 1, found 0"
+        );
+        assert!(vector(|c| c.dims = 1).contains("at least 2 dimensions, got 1"));
+
+        // No hidden layers is a linear coupling network, which is valid.
+        for config in configs() {
+            config.validate().unwrap();
+        }
+        ModelConfig::Nice(NiceConfig {
+            layers: 0,
+            ..Default::default()
+        })
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn sampling_refuses_a_negative_or_non_finite_temperature() {
+        let dev = device();
+        let model = configs()[0].init(&dev).unwrap();
+        for t in [f64::NAN, f64::INFINITY, -1.0] {
+            let err = model.sample(2, t, None, &dev).unwrap_err().to_string();
+            assert!(
+                err.starts_with("temperature must be a finite number ≥ 0, found"),
+                "{err}"
+            );
+        }
+        model.sample(2, 0.0, None, &dev).unwrap();
     }
 }

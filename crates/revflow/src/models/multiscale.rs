@@ -373,25 +373,9 @@ fn unflatten(z: &Tensor<2>, [c, h, w]: [usize; 3]) -> Result<Tensor<4>> {
     Ok(z.clone().reshape([n, c, h, w]))
 }
 
-fn check_shape(shape: [usize; 3], squeezes: usize) -> Result<()> {
-    let [c, h, w] = shape;
-    let f = 1 << squeezes;
-    if c == 0 || h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-        return Err(FlowError::Config(format!(
-            "{squeezes} squeezes need height and width divisible by {f}, got {c}×{h}×{w}; use fewer levels"
-        )));
-    }
-    Ok(())
-}
-
-/// Builds Glow.
+/// Builds Glow; refuses what [`GlowConfig::validate`] refuses.
 pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>> {
-    check_shape(config.shape, config.levels)?;
-    if config.hidden == 0 {
-        return Err(FlowError::Config(
-            "Glow's coupling networks need at least one hidden channel (--hidden)".into(),
-        ));
-    }
+    config.validate()?;
     let mut c = config.shape[0];
     let mut levels = Vec::with_capacity(config.levels);
     for l in 0..config.levels {
@@ -444,9 +428,9 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
     })
 }
 
-/// Builds RealNVP.
+/// Builds RealNVP; refuses what [`RealNvpConfig::validate`] refuses.
 pub fn realnvp(config: &RealNvpConfig, device: &Device) -> Result<MultiScale<ResNet>> {
-    check_shape(config.shape, config.scales - 1)?;
+    config.validate()?;
     let [mut c, _, _] = config.shape;
     let couplings =
         |c: usize, mask: fn(bool) -> Mask, count: usize| -> Result<Sequential<Layer<ResNet>>> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 
 use crate::error::{FlowError, Result};
-use crate::weights::write_atomic;
+use crate::files::write_atomic;
 
 /// Width and height of [`grid`]'s picture of `count` images.
 fn grid_size(count: usize, [_, h, w]: [usize; 3], cols: usize, scale: usize) -> (f64, f64) {
@@ -142,12 +142,14 @@ pub fn read_image(path: &Path, shape: [usize; 3]) -> Result<Vec<u8>> {
     })
 }
 
-/// One image, C×H×W 8-bit, as a grey (C = 1) or RGB (C = 3) picture of its own size.
+/// One image, C×H×W 8-bit, as an RGB (C = 3) picture of its own size, else (like [`grid`])
+/// a grey one of its first channel.
 pub fn single(pixels: &[u8], shape: [usize; 3]) -> DynamicImage {
     let [c, h, w] = shape;
-    if c == 1 {
+    if c != 3 {
+        let grey = pixels[..h * w].to_vec();
         DynamicImage::ImageLuma8(
-            ImageBuffer::from_raw(w as u32, h as u32, pixels.to_vec()).expect("h·w pixels"),
+            ImageBuffer::from_raw(w as u32, h as u32, grey).expect("h·w pixels"),
         )
     } else {
         let hw = h * w;

@@ -3,7 +3,7 @@
 use burn::tensor::Device;
 
 use crate::data::{Data, ImageSet};
-use crate::error::Result;
+use crate::error::{FlowError, Result};
 use crate::models::{bits_per_dim, Model};
 
 use super::batches::{mix, rows};
@@ -36,7 +36,18 @@ pub fn evaluate(
         device.seed(mix(seed, b as u64));
         let (x, y) = rows(data, &idx, classes, device);
         let (log_p, _) = model.log_prob(x, y.as_ref(), true)?;
-        for v in log_p.into_data().try_to_vec_as::<f64>().expect("floats") {
+        let values = log_p
+            .into_data()
+            .try_to_vec_as::<f64>()
+            .map_err(|e| FlowError::value("evaluate", format!("{e:?}")))?;
+        for (i, v) in (start..).zip(values) {
+            // One non-finite likelihood would turn the mean into NaN: report it instead.
+            if !v.is_finite() {
+                return Err(FlowError::value(
+                    "evaluate",
+                    format!("the model gives input {i} the log-likelihood {v}; it cannot score this data"),
+                ));
+            }
             total += v;
             per_sample.push(bits_per_dim(v, dims));
         }

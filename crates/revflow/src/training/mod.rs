@@ -10,12 +10,15 @@ mod checkpoint;
 mod evaluate;
 #[cfg(test)]
 mod tests;
+mod validation;
 
 pub use batches::{batch_indices, one_hot, rows};
 pub use checkpoint::{RunConfig, RunDir, TrainState};
 pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
+pub use validation::{check_resume, RESUMABLE};
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -114,6 +117,9 @@ pub struct Run<'a> {
     pub data: &'a Splits,
     pub dir: RunDir,
     pub draw_samples: Option<SampleHook<'a>>,
+    /// Set (by a signal handler, a server's cancel button) to stop after the current step:
+    /// training then saves a checkpoint and returns [`FlowError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl Run<'_> {
@@ -130,6 +136,7 @@ impl Run<'_> {
         let started = Instant::now();
         let device = Device::flex().autodiff();
         let tc = &self.config.train;
+        self.config.validate()?;
         check_data(&self.config.model, &self.data.train, "training")?;
         check_data(&self.config.model, &self.data.test, "test")?;
         crate::limits::check_training(&self.config.model, tc.batch_size)?;
@@ -139,19 +146,19 @@ impl Run<'_> {
                 (tc.weight_decay > 0.0).then(|| WeightDecayConfig::new(tc.weight_decay as f32)),
             )
             .init();
+        // Checked before the lock too, so that a folder that is no run is left untouched.
+        match resume {
+            true => self.dir.read_config().map(drop)?,
+            false => self.dir.check_fresh()?,
+        }
+        let _lock = self.dir.lock()?;
         let (mut model, start) = if resume {
-            let saved = self.dir.read_config()?;
-            if saved.model != self.config.model {
-                return Err(FlowError::Training(format!(
-                    "{} holds a different model; resume with the same options or choose another --out",
-                    self.dir.root.display()
-                )));
-            }
-            let state = self.dir.load_state()?;
-            optimizer = self.dir.load_optimizer(optimizer)?;
+            let state = check_resume(&self.dir, &self.config)?;
             let model = for_training(self.dir.load_model(&self.config, &device)?);
+            optimizer = self.dir.load_optimizer(optimizer, &model)?;
             (model, state.step)
         } else {
+            self.dir.check_fresh()?;
             self.dir.write_config(&self.config)?;
             let _ = std::fs::remove_file(self.dir.metrics());
             device.seed(tc.seed);
@@ -185,14 +192,16 @@ impl Run<'_> {
             let (loss_value, bpd_value) = (scalar(&loss), scalar(&bpd));
             if !loss_value.is_finite() {
                 // Numbered like metrics.jsonl, whose line `step + 1` would have held this loss.
-                let checkpoint = self.dir.checkpoint();
-                let kept = match self.dir.load_state() {
-                    Ok(state) => format!(
+                let kept = match (self.dir.current_checkpoint(), self.dir.load_state()) {
+                    (Ok(checkpoint), Ok(state)) => format!(
                         "the last good checkpoint, of step {}, is kept in {}",
                         state.step,
                         checkpoint.display()
                     ),
-                    Err(_) => format!("no checkpoint was written to {} yet", checkpoint.display()),
+                    _ => format!(
+                        "no checkpoint was written to {} yet",
+                        self.dir.root.display()
+                    ),
                 };
                 return Err(FlowError::Training(format!(
                     "the loss became non-finite at step {}; {kept}. Try a lower --lr (now {}), a longer --warmup, additive couplings or fewer --n-bits",
@@ -236,8 +245,16 @@ impl Run<'_> {
                 });
                 last_test = Some(test);
             }
-            if last {
+            let stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            if last || stop {
                 self.save(&model, &optimizer, done, &last_test, on_event)?;
+            }
+            if stop && !last {
+                return Err(FlowError::Interrupted {
+                    step: done,
+                    steps: tc.steps,
+                    dir: self.dir.root.clone(),
+                });
             }
         }
         let test = match last_test {
@@ -263,7 +280,7 @@ impl Run<'_> {
             step,
             test_bits_per_dim: last_test.as_ref().map(|t| t.bits_per_dim),
         };
-        self.dir.save(model, optimizer, &state)?;
+        self.dir.save(model, optimizer, &state, &self.config)?;
         on_event(Event::Checkpoint { step });
         Ok(())
     }
@@ -370,7 +387,7 @@ impl Metrics {
         if !text.is_empty() {
             text.push('\n');
         }
-        crate::weights::write_atomic(&path, text.as_bytes())?;
+        crate::files::write_atomic(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

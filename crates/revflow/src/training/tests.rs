@@ -131,6 +131,7 @@ fn train(config: RunConfig, data: &Splits, dir: &RunDir, resume: bool) -> Result
         data,
         dir: dir.clone(),
         draw_samples: None,
+        stop: None,
     }
     .train(resume, &mut |_| {})
 }
@@ -238,11 +239,12 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Test bits/dim of `config`'s data-initialised model, before any step: a run of 0 steps.
+/// Test bits/dim of `config`'s data-initialised model after one warm-up step (at a tenth of
+/// the learning rate or less): a run needs at least one step.
 fn untrained_bits_per_dim(config: &RunConfig, data: &Splits, dir: &RunDir) -> f64 {
     let start = RunConfig {
         train: TrainConfig {
-            steps: 0,
+            steps: 1,
             ..config.train.clone()
         },
         ..config.clone()
@@ -371,6 +373,7 @@ fn resuming_reproduces_the_loss_curve() {
                 data: &data,
                 dir: c.clone(),
                 draw_samples: None,
+                stop: None,
             }
             .train(false, &mut |e| {
                 if let Event::Step { step: 17, .. } = e {
@@ -524,17 +527,35 @@ fn a_run_directory_holds_a_complete_checkpoint() {
             data: &data,
             dir: dir.clone(),
             draw_samples: Some(&hook),
+            stop: None,
         }
         .train(false, &mut |e| events.push(e))
         .unwrap();
 
+        // The last checkpoint and the one before it; the pointer names the last.
         assert_eq!(
             names(&dir.root),
-            ["checkpoint", "config.json", "metrics.jsonl"]
+            [
+                ".lock",
+                "LATEST",
+                "ckpt-000008",
+                "ckpt-000012",
+                "config.json",
+                "metrics.jsonl"
+            ]
         );
         assert_eq!(
-            names(&dir.checkpoint()),
-            ["model.safetensors", "optimizer.bin", "state.json"]
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("ckpt-000012")
+        );
+        assert_eq!(
+            names(&dir.current_checkpoint().unwrap()),
+            [
+                "config.json",
+                "model.safetensors",
+                "optimizer.bin",
+                "state.json"
+            ]
         );
         assert_eq!(dir.read_config().unwrap(), config);
         let state = dir.load_state().unwrap();
@@ -645,7 +666,7 @@ fn a_non_finite_loss_stops_training_and_keeps_a_checkpoint_to_resume_from() {
     assert!(
         message.contains(&format!(
             "the last good checkpoint, of step 3, is kept in {}",
-            dir.checkpoint().display()
+            dir.root.join("ckpt-000003").display()
         )),
         "{message}"
     );
@@ -677,11 +698,23 @@ fn a_non_finite_loss_stops_training_and_keeps_a_checkpoint_to_resume_from() {
     // training resumes from it with a lower learning rate.
     assert_eq!(
         names(&dir.root),
-        ["checkpoint", "config.json", "metrics.jsonl"]
+        [
+            ".lock",
+            "LATEST",
+            "ckpt-000002",
+            "ckpt-000003",
+            "config.json",
+            "metrics.jsonl"
+        ]
     );
     assert_eq!(
-        names(&dir.checkpoint()),
-        ["model.safetensors", "optimizer.bin", "state.json"]
+        names(&dir.current_checkpoint().unwrap()),
+        [
+            "config.json",
+            "model.safetensors",
+            "optimizer.bin",
+            "state.json"
+        ]
     );
     let bits = evaluate_checkpoint(&config(20, 1e-3), &data, &dir);
     assert!(
@@ -797,12 +830,22 @@ fn resuming_another_model_or_no_run_is_a_clear_error() {
         "synthetic",
     );
     let err = train(other, &data, &dir, true).unwrap_err();
-    assert!(matches!(err, FlowError::Training(_)), "{err:?}");
+    assert!(matches!(err, FlowError::Resume { .. }), "{err:?}");
     let err = err.to_string();
     assert!(
-        err.contains(&dir.root.display().to_string()) && err.contains("holds a different model"),
+        err.starts_with("model.hidden 16 contradicts the run's model.hidden 8; a resume may change only train.steps, train.lr"),
         "{err}"
     );
+    // Fewer steps than already done.
+    let err = train(
+        run_config(config.model.clone(), train_config(1), "synthetic"),
+        &data,
+        &dir,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "train.steps must be an integer ≥ 2, found 1");
     // The run is untouched and still resumes with its own model.
     assert_eq!(dir.read_config().unwrap(), config);
     assert_eq!(losses(&dir).len(), 2);
