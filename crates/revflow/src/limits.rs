@@ -110,10 +110,6 @@ const KEPT_PER_HIDDEN: f64 = 4.0;
 /// Kept tensors per flow step at the data's width (each layer's input and output, with margin).
 const KEPT_PER_STEP: f64 = 12.0;
 
-/// Levels beyond which an image has no pixels left: the model's own checks refuse those, and
-/// the estimate must not loop over an absurd count first.
-const MAX_LEVELS: usize = 64;
-
 fn shape_of(model: &ModelConfig) -> Shape {
     let f = |v: usize| v as f64;
     match model {
@@ -122,7 +118,10 @@ fn shape_of(model: &ModelConfig) -> Shape {
             let (hidden, classes) = (f(g.hidden), f(g.classes));
             let (mut c, mut pixels) = (c0, h0 * w0);
             let mut s = Shape::new(f(g.shape.iter().product()));
-            for _ in 0..g.levels.min(MAX_LEVELS) {
+            for _ in 0..g.levels {
+                if pixels < 4.0 {
+                    break; // no pixels left to squeeze: the model's own checks refuse it
+                }
                 (c, pixels) = (4.0 * c, pixels / 4.0);
                 let net = 9.0 * (c / 2.0 + classes) * hidden + hidden * hidden + 9.0 * hidden * c;
                 let step = 2.0 * c + c * c + net + 2.0 * c;
@@ -139,7 +138,10 @@ fn shape_of(model: &ModelConfig) -> Shape {
             let coupling = |c: f64| {
                 9.0 * c * hidden + blocks * 18.0 * hidden * hidden + 18.0 * hidden * c + 4.0 * c
             };
-            for scale in 0..r.scales.min(MAX_LEVELS) {
+            for scale in 0..r.scales {
+                if pixels < 4.0 {
+                    break; // as for Glow
+                }
                 s.add(
                     4.0,
                     coupling(c),
