@@ -170,7 +170,9 @@ mod tests {
         let dev = device();
         let x = randn([2, 4, 2, 2], &dev).abs().clamp(0.0, 3.0) / 3.0;
         check_flow(&Logit::new(0.05), x, None);
-        let x = randn([3, 5], &dev).abs().clamp(0.0, 3.0) / 3.0;
+        // Inside [0, 1) by a margin: at x = 1 with α = 1e-6, f32 cannot invert the logit to
+        // 1e-4 (a draw of |v| ≥ 3, 4 % of runs, made this test flaky).
+        let x = randn([3, 5], &dev).abs().clamp(0.0, 2.9) / 3.0;
         check_flow(&Logit::new(1e-6), x, None);
     }
 
