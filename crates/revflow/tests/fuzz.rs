@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 use arbtest::arbitrary::{Result as Arb, Unstructured};
-use revflow::burn::optim::{AdamConfig, GradientsParams, OptimizerRecord};
+use revflow::burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use revflow::burn::tensor::{Bytes, Device, Tensor};
-use revflow::models::{ModelConfig, VectorFlowConfig};
-use revflow::training::{RunConfig, TrainConfig, TrainState};
+use revflow::models::{Model, ModelConfig, VectorFlowConfig};
+use revflow::training::{RunConfig, RunDir, TrainConfig, TrainState};
 
 /// Milliseconds of random inputs per loader.
 const BUDGET_MS: u64 = 400;
@@ -264,21 +264,21 @@ fn weights_files() {
     });
 }
 
-/// Adam's state after one step of a small model, as a checkpoint holds it.
-fn optimizer_bytes() -> Vec<u8> {
+/// A small model after one Adam step, and the optimizer, as training holds them.
+fn trained() -> (Model, ModuleOptimizer) {
     let device = Device::flex().autodiff();
     let model = run_config().model.init(&device).unwrap();
     let x = Tensor::<2>::ones([4, 2], &device);
     let (log_p, _) = model.log_prob(x, None, false).unwrap();
     let grads = GradientsParams::from_grads(log_p.mean().backward(), &model);
     let mut optimizer = AdamConfig::new().init();
-    let _ = optimizer.step(1e-3, model, grads);
-    optimizer.into_bytes().unwrap().to_vec()
+    let model = optimizer.step(1e-3, model, grads);
+    (model, optimizer)
 }
 
 #[test]
 fn optimizer_state_bytes_parse() {
-    let seed = optimizer_bytes();
+    let seed = trained().1.into_bytes().unwrap().to_vec();
     fuzz(|u| {
         let bytes = mutate(u, &seed)?;
         let _ = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes));
@@ -286,18 +286,42 @@ fn optimizer_state_bytes_parse() {
     });
 }
 
-/// Parsing holds, but burn 0.22.1 then panics in `ModuleOptimizer::load_record` on a record
-/// tensor without a parameter id ("Optimizer record tensors should carry a parameter id",
-/// module_optimizer.rs:277); run with `--ignored` once loading validates the record first.
+/// A checkpoint's files garbled one at a time, read back by the run directory's own loaders
+/// (burn itself panics on some optimizer states; `load_optimizer` checks them first).
 #[test]
-#[ignore = "burn 0.22.1 panics on some parsed-but-garbled optimizer states"]
-fn optimizer_state_bytes_load() {
-    let seed = optimizer_bytes();
+fn checkpoint_files() {
+    let dir = folder("checkpoint");
+    let run = RunDir::new(&dir);
+    let config = run_config();
+    let (model, optimizer) = trained();
+    run.write_config(&config).unwrap();
+    {
+        let _lock = run.lock().unwrap();
+        let state = TrainState {
+            step: 1,
+            test_bits_per_dim: Some(2.5),
+        };
+        run.save(&model, &optimizer, &state, &config).unwrap();
+    }
+    let ckpt = run.current_checkpoint().unwrap();
+    let files = [
+        ckpt.join("optimizer.bin"),
+        ckpt.join("state.json"),
+        ckpt.join("config.json"),
+        ckpt.join("model.safetensors"),
+        run.config(),
+    ];
+    let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let device = Device::flex();
     fuzz(|u| {
-        let bytes = mutate(u, &seed)?;
-        let _ = AdamConfig::new()
-            .init()
-            .from_bytes(Bytes::from_bytes_vec(bytes));
+        let i = u.choose_index(files.len())?;
+        std::fs::write(&files[i], mutate(u, &seeds[i])?).unwrap();
+        let _ = run.load_optimizer(AdamConfig::new().init(), &model);
+        let _ = run.load_state();
+        if let Ok(config) = run.read_config() {
+            let _ = run.load_model(&config, &device);
+        }
+        std::fs::write(&files[i], &seeds[i]).unwrap();
         Ok(())
     });
 }
