@@ -153,6 +153,19 @@ pub(crate) fn rank<const A: usize, const B: usize>(t: Tensor<A>) -> Tensor<B> {
     t.reshape(dims)
 }
 
+/// Refuses an inverse's output that overflowed to NaN or ±∞ (latents far outside what the model
+/// produces: a huge temperature, an edited latent file), which would otherwise be written as
+/// black pixels or NaN rows with success.
+pub(crate) fn check_finite<const D: usize>(layer: &'static str, x: &Tensor<D>) -> Result<()> {
+    match x.clone().is_finite().all().into_scalar::<bool>() {
+        true => Ok(()),
+        false => Err(FlowError::value(
+            layer,
+            "the inverse gave NaN or infinite values: the latents lie far outside what the model produces (a temperature or a latent file out of range?)",
+        )),
+    }
+}
+
 /// Host copy of a float tensor's values as f32 (without a copy through another type).
 pub(crate) fn to_f32<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>> {
     t.to_data()

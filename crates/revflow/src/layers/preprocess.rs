@@ -10,7 +10,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Distribution as Noise, Tensor};
 
 use crate::error::{FlowError, Result};
-use crate::flow::{sum_per_sample, Cond, Flow};
+use crate::flow::{check_finite, sum_per_sample, Cond, Flow};
 
 /// Fails unless every value of `x` is finite and within `[lo, hi]`.
 fn check_range<const D: usize>(layer: &'static str, x: &Tensor<D>, lo: f32, hi: f32) -> Result<()> {
@@ -85,6 +85,8 @@ impl<const D: usize> Flow<D> for Dequantize {
 
     /// Back to 8-bit values: the bin each value falls in, at its lowest 8-bit level.
     fn inverse(&self, y: Tensor<D>, _: Cond) -> Result<Tensor<D>> {
+        // Before quantising: clamping would turn an overflow into plausible-looking pixels.
+        check_finite("Dequantize", &y)?;
         let v = (y + if self.centered { 0.5 } else { 0.0 }) * self.bins();
         Ok(v.floor().clamp(0.0, self.bins() - 1.0) * self.step())
     }

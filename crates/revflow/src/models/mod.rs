@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FlowError, Result};
-use crate::flow::Cond;
+use crate::flow::{check_finite, Cond};
 use crate::layers::{InvConvConfig, Layer, Permute};
 use crate::nets::{ConvNet, ResNet};
 use crate::validate::{between, in_range};
@@ -366,7 +366,9 @@ impl Model {
 
     /// Inverse of [`encode`](Self::encode).
     pub fn decode(&self, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
-        each!(self, m => m.decode(zs, cond))
+        let x = each!(self, m => m.decode(zs, cond))?;
+        check_finite("decode", &x)?;
+        Ok(x)
     }
 
     /// Decodes from the top latent alone, the lower levels drawn from their priors at
@@ -389,7 +391,9 @@ impl Model {
         device: &Device,
     ) -> Result<Tensor<2>> {
         in_range("temperature", temperature, 0.0..)?;
-        each!(self, m => m.sample(n, temperature, cond, device))
+        let x = each!(self, m => m.sample(n, temperature, cond, device))?;
+        check_finite("sample", &x)?;
+        Ok(x)
     }
 
     /// Data-dependent initialisation (ActNorm) from a first batch.
@@ -595,6 +599,34 @@ mod tests {
         assert_eq!(logits.unwrap().dims(), [2, 3]);
         let s = model.sample(2, 1.0, Some(&y), &dev).unwrap();
         assert_eq!(s.dims(), [2, 16]);
+    }
+
+    #[test]
+    fn an_overflowing_inverse_is_an_error_not_black_pixels_or_nan_rows() {
+        let dev = device();
+        let vector = ModelConfig::Vector(VectorFlowConfig {
+            dims: 2,
+            steps: 2,
+            hidden: 8,
+            ..Default::default()
+        });
+        for config in [configs().swap_remove(0), vector] {
+            let model = config.init(&dev).unwrap();
+            // A temperature beyond f32's range makes every latent infinite.
+            let err = model.sample(2, 1e300, None, &dev).unwrap_err().to_string();
+            assert!(err.contains("NaN or infinite"), "{}: {err}", config.name());
+            let zs: Vec<Tensor<2>> = model
+                .encode(Tensor::zeros([1, config.dims()], &dev), None)
+                .unwrap()
+                .into_iter()
+                .map(|z| z.ones_like() * f32::MAX)
+                .collect();
+            let err = model.decode(&zs, None).unwrap_err().to_string();
+            assert!(err.contains("NaN or infinite"), "{}: {err}", config.name());
+            // Ordinary latents still decode.
+            let zs: Vec<Tensor<2>> = zs.into_iter().map(|z| z.zeros_like()).collect();
+            model.decode(&zs, None).unwrap();
+        }
     }
 
     #[test]
