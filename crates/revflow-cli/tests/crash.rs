@@ -25,10 +25,10 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
-/// A 2-D flow small enough that a whole run takes a fraction of a second: 4 steps,
-/// checkpoints at 0, 2 and 4.
-fn train_args(out: &str, resume: bool) -> Vec<String> {
-    let mut args: Vec<String> = [
+/// Training a 2-D flow small enough that a step takes milliseconds.
+fn train_args(out: &str, steps: usize, checkpoint_every: usize) -> Vec<String> {
+    let (steps, every) = (steps.to_string(), checkpoint_every.to_string());
+    [
         "train",
         "--data",
         "moons",
@@ -41,20 +41,29 @@ fn train_args(out: &str, resume: bool) -> Vec<String> {
         "--batch-size",
         "32",
         "--steps",
-        "4",
+        &steps,
         "--checkpoint-every",
-        "2",
+        &every,
         "--eval-every",
-        "100",
+        "1000000",
         "--out",
         out,
     ]
     .map(String::from)
-    .to_vec();
+    .to_vec()
+}
+
+/// A whole run of 4 steps, checkpoints at 0, 2 and 4.
+fn short_run(out: &str, resume: bool) -> Vec<String> {
+    let mut args = train_args(out, 4, 2);
     if resume {
         args.push("--resume".into());
     }
     args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -104,21 +113,11 @@ fn evaluates(run: &str, cwd: &Path) -> bool {
 /// Continues an interrupted run: resumes it if it has a checkpoint, else starts it again.
 fn recover(run: &str, cwd: &Path, env: &[(&str, String)]) -> Output {
     let resume = evaluates(run, cwd);
-    let args = train_args(run, resume);
-    revflow(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        cwd,
-        env,
-    )
+    revflow(&strs(&short_run(run, resume)), cwd, env)
 }
 
 fn train(run: &str, cwd: &Path, env: &[(&str, String)]) -> Output {
-    let args = train_args(run, false);
-    revflow(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        cwd,
-        env,
-    )
+    revflow(&strs(&short_run(run, false)), cwd, env)
 }
 
 /// Killed at every file operation, then killed again at the same operation of the resumed run:
@@ -237,27 +236,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn one_writer_consistent_readers_and_a_clean_stop_on_sigterm() {
     let dir = temp("writer");
-    let long = [
-        "train",
-        "--data",
-        "moons",
-        "--samples",
-        "256",
-        "--flow-steps",
-        "2",
-        "--hidden",
-        "8",
-        "--batch-size",
-        "32",
-        "--steps",
-        "1000000",
-        "--checkpoint-every",
-        "1",
-        "--eval-every",
-        "1000000",
-        "--out",
-        "run",
-    ];
+    let long = train_args("run", 1_000_000, 1);
+    let long = strs(&long);
     let child = spawn(&long, &dir);
     let pid = child.id();
     wait_for("the first checkpoint", || {
@@ -310,9 +290,9 @@ fn one_writer_consistent_readers_and_a_clean_stop_on_sigterm() {
     // The checkpoint is of the step it reports, and the run continues from there.
     let losses_before = losses(&dir.join("run"));
     assert_eq!(losses_before.len(), step);
-    let mut more = resume.clone();
-    let steps = (step + 3).to_string();
-    *more.iter_mut().find(|a| **a == "1000000").unwrap() = &steps;
+    let more = train_args("run", step + 3, 1);
+    let mut more = strs(&more);
+    more.push("--resume");
     let out = revflow(&more, &dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("resuming at step {step}")));
