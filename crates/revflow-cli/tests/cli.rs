@@ -1084,5 +1084,17 @@ fn requests_beyond_the_memory_limit_are_one_line_and_outputs_come_in_batches() {
     let csv = std::fs::read_to_string(dir.join("s.csv")).unwrap();
     assert_eq!(csv.lines().count(), 300);
     assert_eq!(csv.lines().last().unwrap().split(',').count(), 64);
+    // Set but empty means the default limit, as unset does.
+    let out = Command::new(env!("CARGO_BIN_EXE_revflow"))
+        .args(["sample", "run", "-n", "4", "--out", "e.png"])
+        .current_dir(&dir)
+        .env("REVFLOW_MEMORY_LIMIT", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,13 +18,14 @@ const FALLBACK: u64 = 8 << 30;
 
 /// The memory limit in bytes.
 pub fn limit() -> Result<u64> {
-    match std::env::var(ENV) {
-        Ok(text) => parse_size(&text).ok_or_else(|| {
+    // Set but empty (`REVFLOW_MEMORY_LIMIT= revflow …`) means the default, as unset does.
+    match std::env::var(ENV).ok().filter(|t| !t.trim().is_empty()) {
+        Some(text) => parse_size(&text).ok_or_else(|| {
             FlowError::Config(format!(
                 "{ENV}={text:?}: expected a number of bytes or a size such as 512M or 8G"
             ))
         }),
-        Err(_) => Ok(physical().map_or(FALLBACK, |total| total / 4 * 3)),
+        None => Ok(physical().map_or(FALLBACK, |total| total / 4 * 3)),
     }
 }
 
