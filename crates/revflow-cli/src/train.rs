@@ -60,15 +60,15 @@ pub struct TrainArgs {
     pub model: Option<ModelKind>,
     /// Data set: digits, mnist, fashion-mnist, cifar10, images:<folder>, csv:<file>, or a
     /// generated 2-D set (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals,
-    /// rings, swissroll). See `revflow data list`.
-    #[arg(long, default_value = DEFAULT_DATA)]
-    pub data: String,
+    /// rings, swissroll). See `revflow data list`. [default: digits]
+    #[arg(long)]
+    pub data: Option<String>,
     /// Folder holding mnist / fashion-mnist / cifar10 files.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Training points of a generated 2-D set.
-    #[arg(long, default_value_t = DEFAULT_SAMPLES)]
-    pub samples: usize,
+    /// Training points of a generated 2-D set. [default: 8192]
+    #[arg(long)]
+    pub samples: Option<usize>,
     /// Resize the images of an images:<folder> set to WIDTHxHEIGHT (they must otherwise
     /// share one size).
     #[arg(long, value_parser = parse_size)]
@@ -104,8 +104,9 @@ pub struct TrainArgs {
     pub eval_every: Option<usize>,
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of every random choice (initialisation, batches, noise). [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
 
     // Architecture (each family reads its own).
     /// Glow: levels L.
@@ -159,6 +160,20 @@ pub struct TrainArgs {
     pub flow_steps: Option<usize>,
 }
 
+impl TrainArgs {
+    fn data(&self) -> &str {
+        self.data.as_deref().unwrap_or(DEFAULT_DATA)
+    }
+
+    fn samples(&self) -> usize {
+        self.samples.unwrap_or(DEFAULT_SAMPLES)
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
+}
+
 fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
     let (shape, dims, classes) = match data {
         Data::Images(s) => (
@@ -177,7 +192,7 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
         if classes == 0 {
             return Err(FlowError::Config(format!(
                 "--ycond needs labelled data; {} has no labels",
-                args.data
+                args.data()
             )));
         }
         classes
@@ -188,14 +203,14 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
         shape.ok_or_else(|| {
             FlowError::Config(format!(
                 "{name} models images; {} holds vectors (use --model vector)",
-                args.data
+                args.data()
             ))
         })
     };
     let base = match kind {
         ModelKind::Glow => ModelConfig::Glow(GlowConfig {
             shape: need_images("Glow")?,
-            seed: args.seed,
+            seed: args.seed(),
             ..Default::default()
         }),
         ModelKind::Realnvp => ModelConfig::Realnvp(RealNvpConfig {
@@ -210,12 +225,12 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
             if shape.is_some() && args.model.is_some() {
                 return Err(FlowError::Config(format!(
                     "{} holds images; use glow, realnvp or nice",
-                    args.data
+                    args.data()
                 )));
             }
             ModelConfig::Vector(VectorFlowConfig {
                 dims,
-                seed: args.seed,
+                seed: args.seed(),
                 ..Default::default()
             })
         }
@@ -286,16 +301,16 @@ fn resumed(args: &TrainArgs, dir: &RunDir) -> Result<RunConfig> {
         train: train_config(args, saved.train.clone()),
         ..saved
     };
-    // clap cannot tell an option left at its default from one given with that value, so
-    // these count as given when they differ from their defaults.
-    if args.data != DEFAULT_DATA {
-        asked.data = args.data.clone();
+    // Options with defaults are `Option`s, so that one given with its default value still
+    // counts as given here.
+    if let Some(data) = &args.data {
+        asked.data = data.clone();
     }
-    if args.samples != DEFAULT_SAMPLES {
-        asked.data_samples = args.samples;
+    if let Some(samples) = args.samples {
+        asked.data_samples = samples;
     }
-    if args.seed != 0 {
-        asked.train.seed = args.seed;
+    if let Some(seed) = args.seed {
+        asked.train.seed = seed;
     }
     if args.data_dir.is_some() {
         asked.data_dir = args.data_dir.clone();
@@ -376,7 +391,7 @@ fn digits_recipe(
     base: TrainConfig,
 ) -> (ModelConfig, TrainConfig) {
     match model {
-        ModelConfig::Glow(glow) if args.data == "digits" => (
+        ModelConfig::Glow(glow) if args.data() == "digits" => (
             ModelConfig::Glow(GlowConfig {
                 n_bits: args.n_bits.unwrap_or(4),
                 ..glow
@@ -426,20 +441,20 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         (config, dir)
     } else {
         let splits = data::load_resized(
-            &args.data,
+            &args.data(),
             args.data_dir.as_deref(),
-            args.seed,
-            args.samples,
+            args.seed(),
+            args.samples(),
             args.resize,
         )?;
         let model = model_config(&args, &splits.train)?;
         let base = TrainConfig {
-            seed: args.seed,
+            seed: args.seed(),
             ..TrainConfig::default()
         };
         let (model, base) = digits_recipe(&args, model, base);
         let name = args
-            .data
+            .data()
             .rsplit(['/', ':'])
             .next()
             .unwrap_or("data")
@@ -453,9 +468,9 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         let config = RunConfig {
             model,
             train: train_config(&args, base),
-            data: args.data.clone(),
+            data: args.data().to_string(),
             data_dir: args.data_dir.clone(),
-            data_samples: args.samples,
+            data_samples: args.samples(),
             data_resize: args.resize,
             class_names,
         };

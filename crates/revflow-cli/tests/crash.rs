@@ -312,5 +312,44 @@ fn an_ordinary_folder_is_not_overwritten() {
     );
     let names: Vec<_> = std::fs::read_dir(dir.join("mine")).unwrap().collect();
     assert_eq!(names.len(), 1, "the folder was written to");
+    // A file named config.json does not make a folder a run: it has to read as a run's.
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(dir.join("app/config.json"), r#"{"theme": "dark"}"#).unwrap();
+    let out = train("app", &dir, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not a revflow run (it holds config.json)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("app/config.json")).unwrap(),
+        r#"{"theme": "dark"}"#
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An option given with its default value on a resume still counts as given.
+#[test]
+fn a_resume_given_the_default_data_of_another_run_is_refused() {
+    let dir = temp("default");
+    let out = train("run", &dir, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (option, value, saved) in [("--data", "digits", "moons"), ("--seed", "0", "")] {
+        let args = ["train", "--resume", "--out", "run", option, value];
+        let out = revflow(&args, &dir, &[]);
+        let err = stderr(&out);
+        if saved.is_empty() {
+            assert!(out.status.success(), "{err}"); // the run's own seed
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "{option} {value} contradicts the run's data {saved}"
+                )),
+                "{err}"
+            );
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Data-dependent initialisation of Glow's coupling network: each ActNorm from the statistics
 //! of its input over the whole initialisation batch, gathered a chunk of samples at a time
-//! (exact: f64 sums, see [`ChannelStats`]), so that only one chunk's hidden maps exist at once.
+//! (f64 sums, see [`ChannelStats`]: the whole batch's statistics up to rounding), so that only
+//! one chunk's hidden maps exist at once.
 //!
 //! Pass 1 runs the first convolution for the first ActNorm; pass 2 runs through it (now
 //! initialised) and the second convolution for the second ActNorm, keeping that layer's

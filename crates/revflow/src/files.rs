@@ -29,8 +29,7 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlowError + '_ {
 /// Writes `bytes` to `path` atomically and durably (see the module docs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let folder = parent(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name(path)))
+    let mut tmp = builder(&format!(".{}.", file_name(path)), 0o666)
         .suffix(".tmp")
         .tempfile_in(folder)
         .map_err(io(path))?;
@@ -39,7 +38,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fault_point().map_err(io(path))?;
     tmp.as_file().sync_all().map_err(io(path))?;
     fault_point().map_err(io(path))?;
-    set_readable(tmp.path());
     tmp.persist(path).map_err(|e| io(path)(e.error))?;
     fault_point().map_err(io(path))?;
     sync_dir(folder)
@@ -68,11 +66,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// caller fills it and renames it into place ([`tempfile::TempDir::keep`]) or drops it, which
 /// removes it.
 pub(crate) fn temp_dir_in(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
-    let tmp = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(dir)
-        .map_err(io(dir))?;
-    set_readable(tmp.path());
+    let tmp = builder(prefix, 0o777).tempdir_in(dir).map_err(io(dir))?;
     fault_point().map_err(io(dir))?;
     Ok(tmp)
 }
@@ -87,18 +81,23 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     fault_point().map_err(io(path))
 }
 
-/// Temporary files are created private (0600); what revflow writes is meant to be read like
-/// any other file the user creates.
-fn set_readable(path: &Path) {
+/// A builder of temporary files (`mode` 0o666) or folders (0o777) that get the permissions
+/// any file the user creates gets (the umask applies), not tempfile's private 0600/0700.
+pub(crate) fn builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = if path.is_dir() { 0o755 } else { 0o644 };
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        builder.permissions(std::fs::Permissions::from_mode(mode));
     }
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder
 }
 
-fn parent(path: &Path) -> &Path {
+/// The folder `path` is in (`.` for a bare file name).
+pub(crate) fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

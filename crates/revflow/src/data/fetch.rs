@@ -179,11 +179,9 @@ struct Part(tempfile::NamedTempFile);
 impl Part {
     fn beside(dest: &Path) -> Result<Part> {
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
-        let folder = dest.parent().unwrap_or(Path::new("."));
-        tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+        crate::files::builder(&format!(".{name}."), 0o666)
             .suffix(".part")
-            .tempfile_in(folder)
+            .tempfile_in(crate::files::parent(dest))
             .map(Part)
             .map_err(|e| FlowError::data(dest.display(), format!("cannot write: {e}")))
     }
@@ -198,7 +196,7 @@ impl Part {
         };
         self.0.as_file().sync_all().map_err(failed)?;
         self.0.persist(dest).map_err(|e| failed(e.error))?;
-        crate::files::sync_dir(dest.parent().unwrap_or(Path::new(".")))
+        crate::files::sync_dir(crate::files::parent(dest))
     }
 }
 

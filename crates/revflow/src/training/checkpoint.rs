@@ -107,7 +107,8 @@ const DEBRIS: &[&str] = &[
 /// still read so that runs written before the current protocol open.
 const LEGACY: [&str; 3] = ["checkpoint", ".checkpoint-old", ".checkpoint-new"];
 
-/// Checkpoint folders are named by their step, zero-padded so that they sort.
+/// Checkpoint folders are named by their step (zero-padded for people's listings; the code
+/// compares the steps).
 fn checkpoint_name(step: usize) -> String {
     format!("ckpt-{step:06}")
 }
@@ -175,6 +176,17 @@ impl RunDir {
             options.custom_flags(libc::O_NOFOLLOW).mode(0o644);
         }
         let mut file = options.open(&path).map_err(io(&path))?;
+        #[cfg(unix)]
+        {
+            // A hard link someone planted would make the PID below overwrite another file.
+            use std::os::unix::fs::MetadataExt;
+            if file.metadata().map_err(io(&path))?.nlink() != 1 {
+                return Err(FlowError::Training(format!(
+                    "{} has other hard links; remove it (it is only a lock)",
+                    path.display()
+                )));
+            }
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -220,14 +232,15 @@ impl RunDir {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n != ".lock" && !DEBRIS.iter().any(|d| n.starts_with(d)))
             .collect();
-        if !names.is_empty() && !self.config().is_file() {
-            return Err(FlowError::Config(format!(
-                "{} is a folder that is not a revflow run (it holds {}); choose a new or empty folder for --out",
-                self.root.display(),
-                names.first().map(String::as_str).unwrap_or_default()
-            )));
+        // Only a config.json that reads as a run's marks a run: the name is common.
+        if names.is_empty() || self.read_config().is_ok() {
+            return Ok(());
         }
-        Ok(())
+        Err(FlowError::Config(format!(
+            "{} is a folder that is not a revflow run (it holds {}); choose a new or empty folder for --out",
+            self.root.display(),
+            names.first().map(String::as_str).unwrap_or_default()
+        )))
     }
 
     pub fn has_checkpoint(&self) -> bool {
@@ -265,12 +278,12 @@ impl RunDir {
             .filter(|dir| complete(dir));
         let newest = || {
             let entries = fs::read_dir(&self.root).ok()?;
-            entries
+            let step = entries
                 .flatten()
                 .filter_map(|e| checkpoint_step(&e.file_name().to_string_lossy()))
-                .map(|step| self.root.join(checkpoint_name(step)))
-                .filter(|dir| complete(dir))
-                .max()
+                .filter(|&step| complete(&self.root.join(checkpoint_name(step))))
+                .max()?;
+            Some(self.root.join(checkpoint_name(step)))
         };
         let legacy = || {
             LEGACY
@@ -470,6 +483,16 @@ mod tests {
             dir.current_checkpoint().unwrap(),
             dir.root.join("ckpt-000010")
         );
+        // Steps are compared as numbers, not names.
+        checkpoint(&dir, "ckpt-1000000");
+        checkpoint(&dir, "ckpt-999999");
+        assert_eq!(
+            dir.current_checkpoint().unwrap(),
+            dir.root.join("ckpt-1000000")
+        );
+        for name in ["ckpt-1000000", "ckpt-999999"] {
+            fs::remove_dir_all(dir.root.join(name)).unwrap();
+        }
         // LATEST wins over a newer folder, and is ignored when it names a removed one or a
         // path outside the run.
         fs::write(dir.latest(), "ckpt-000002").unwrap();
@@ -515,6 +538,17 @@ mod tests {
         );
         drop(lock);
         dir.lock().unwrap();
+        // A lock file hard-linked to another file is refused, the other file untouched.
+        #[cfg(unix)]
+        {
+            let victim = dir.root.join("victim");
+            fs::write(&victim, "precious").unwrap();
+            fs::remove_file(dir.lock_file()).unwrap();
+            fs::hard_link(&victim, dir.lock_file()).unwrap();
+            let err = dir.lock().unwrap_err().to_string();
+            assert!(err.contains("other hard links"), "{err}");
+            assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        }
         fs::remove_dir_all(&dir.root).unwrap();
     }
 }

@@ -368,10 +368,6 @@ struct Metrics {
 impl Metrics {
     fn open(dir: &RunDir, step: usize) -> Result<Self> {
         let path = dir.metrics();
-        let io = |source| FlowError::Io {
-            path: path.clone(),
-            source,
-        };
         let kept: Vec<String> = std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
@@ -391,7 +387,7 @@ impl Metrics {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(io)?;
+            .map_err(crate::files::io(&path))?;
         Ok(Self { file })
     }
 
