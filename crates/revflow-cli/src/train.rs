@@ -441,7 +441,7 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         (config, dir)
     } else {
         let splits = data::load_resized(
-            &args.data(),
+            args.data(),
             args.data_dir.as_deref(),
             args.seed(),
             args.samples(),
@@ -508,6 +508,8 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         .train(args.resume, &mut |event| progress.show(event))
         .map_err(for_options)?;
     progress.finish();
+    // Training is over: from here a first Ctrl-C ends the process at once, as usual.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let baseline = match (&splits.train, &splits.test, config.model.image_shape()) {
         (Data::Images(train), Data::Images(test), Some(_)) => {
