@@ -31,6 +31,8 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         in_range("steps", self.steps, 1..)?;
         in_range("batch_size", self.batch_size, 1..)?;
+        // Batches are drawn from the sample index step × batch_size, which must not overflow.
+        in_range("steps", self.steps, ..usize::MAX / self.batch_size)?;
         in_range("lr", self.lr, above(0.0))?;
         in_range("grad_clip", self.grad_clip, above(0.0))?;
         in_range("weight_decay", self.weight_decay, 0.0..)?;
@@ -229,6 +231,18 @@ mod tests {
         assert_eq!(
             bad(|c| c.train.weight_decay = f64::NAN),
             "train.weight_decay must be a finite number ≥ 0, found NaN"
+        );
+        // The sample index step × batch_size must fit (a state.json or --steps near 2⁶⁴).
+        assert_eq!(
+            bad(|c| {
+                c.train.steps = usize::MAX;
+                c.train.batch_size = 64;
+            }),
+            format!(
+                "train.steps must be an integer < {}, found {}",
+                usize::MAX / 64,
+                usize::MAX
+            )
         );
         for (edit, field) in [
             (
