@@ -318,7 +318,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             args.run.display()
         )));
     }
-    if run.classes() > 0 && class.is_none() && args.n > 0 {
+    if run.classes() > 0 && class.is_none() {
         eprintln!(
             "revflow: class-conditional run; sampling classes in turn (choose one with --class)"
         );
@@ -509,7 +509,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     one_input(&args.b)?;
     let run = open(&args.run)?;
     let shape = run.image_shape("interpolate")?;
-    let steps = args.steps.max(2);
+    let steps = args.steps;
     let dims = run.config.model.dims() as f64;
     check_grid(steps, shape, steps, 4, steps as f64 * dims * 5.0)?;
     let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
