@@ -6,7 +6,10 @@ use crate::data::{Data, ImageSet};
 use crate::error::{FlowError, Result};
 use crate::models::{bits_per_dim, Model};
 
-use super::batches::{mix, rows};
+use crate::flow::to_f32;
+use crate::noise::{self, Purpose};
+
+use super::batches::rows;
 
 /// Test-set likelihood: mean log-likelihood in nats per sample, bits/dim, and each sample's
 /// bits/dim (for ranking inputs, e.g. to find out-of-distribution ones).
@@ -17,8 +20,9 @@ pub struct Evaluation {
     pub per_sample: Vec<f64>,
 }
 
-/// Evaluates `model` (an inference copy) on all of `data`, in batches; the dequantisation
-/// noise is seeded, so the same checkpoint always gives the same number.
+/// Evaluates `model` (an inference copy) on all of `data`, in batches. Each input's
+/// dequantisation noise is keyed by its content and `seed` (see [`crate::noise`]), so the
+/// same checkpoint always gives the same number, whatever the batch size or device.
 pub fn evaluate(
     model: &Model,
     data: &Data,
@@ -31,11 +35,15 @@ pub fn evaluate(
     let n = data.len();
     let mut per_sample = Vec::with_capacity(n);
     let mut total = 0.0;
-    for (b, start) in (0..n).step_by(batch_size.max(1)).enumerate() {
+    for start in (0..n).step_by(batch_size.max(1)) {
         let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-        device.seed(mix(seed, b as u64));
         let (x, y) = rows(data, &idx, classes, device);
-        let (log_p, _) = model.log_prob(x, y.as_ref(), true)?;
+        let keys: Vec<u64> = to_f32(&x)?
+            .chunks(dims.max(1))
+            .map(noise::content_key)
+            .collect();
+        let u = noise::uniform(seed, Purpose::Score, &keys, 0, dims, device);
+        let (log_p, _) = model.log_prob(x, y.as_ref(), Some(&u))?;
         let values = log_p
             .into_data()
             .try_to_vec_as::<f64>()
