@@ -5,6 +5,8 @@
 //! latents (one `(N, dᵢ)` tensor per level) that decode back to the input.
 
 mod flat;
+#[cfg(test)]
+mod log_p_check;
 mod multiscale;
 
 pub use flat::FlatFlow;
