@@ -216,7 +216,10 @@ pub fn check_same_parameters<M: Module>(model: &M, group: &dyn Group, step: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
+    use burn::nn::{Linear, LinearConfig};
 
+    /// Rank `.0` of `.1`, for the arithmetic of shards (its collectives do nothing).
     struct Fake(usize, usize);
     impl Group for Fake {
         fn rank(&self) -> usize {
@@ -229,6 +232,75 @@ mod tests {
         fn sum_f64(&self, _: &mut [f64]) {}
         fn max_f64(&self, _: &mut [f64]) {}
         fn broadcast_f32(&self, _: &mut [f32]) {}
+    }
+
+    /// Two ranks, the other one identical to this one but for an offset in its checksum.
+    struct Twin {
+        offset: f64,
+    }
+    impl Group for Twin {
+        fn rank(&self) -> usize {
+            1
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn sum_f32(&self, v: &mut [f32]) {
+            v.iter_mut().for_each(|x| *x *= 2.0);
+        }
+        fn sum_f64(&self, v: &mut [f64]) {
+            v.iter_mut().for_each(|x| *x *= 2.0);
+        }
+        fn max_f64(&self, v: &mut [f64]) {
+            // The twin's checksums are ours plus the offset; their negations minus it.
+            let (a, b) = (v[0] + self.offset, v[1] + self.offset);
+            v[0] = v[0].max(a);
+            v[1] = v[1].max(b);
+            v[2] = v[2].max(-a);
+            v[3] = v[3].max(-b);
+        }
+        fn broadcast_f32(&self, v: &mut [f32]) {
+            v.iter_mut().for_each(|x| *x = 0.5);
+        }
+    }
+
+    fn linear() -> Linear {
+        perturb(LinearConfig::new(3, 2).init(&ad()), 0.5, 1)
+    }
+
+    #[test]
+    fn gradients_are_summed_over_ranks_and_keep_their_parameters() {
+        let model = linear();
+        let x = randn([4, 3], &ad());
+        let grads = GradientsParams::from_grads(model.forward(x).sum().backward(), &model);
+        let w = to_vec(grads.get::<2>(model.weight.id).unwrap());
+        let summed = sum_gradients(&model, grads, &Twin { offset: 0.0 }).unwrap();
+        let w2 = to_vec(summed.get::<2>(model.weight.id).unwrap());
+        assert_eq!(w2, w.iter().map(|v| v * 2.0).collect::<Vec<_>>());
+        assert!(summed.get::<1>(model.bias.as_ref().unwrap().id).is_some());
+        assert_eq!(summed.len(), 2);
+    }
+
+    #[test]
+    fn broadcast_takes_rank_0_s_values_and_keeps_ids_and_gradients() {
+        let model = linear();
+        let id = model.weight.id;
+        let copy = broadcast_parameters(model, &Twin { offset: 0.0 }).unwrap();
+        assert_eq!(copy.weight.id, id);
+        assert!(copy.weight.val().is_require_grad());
+        assert!(to_vec(copy.weight.val()).iter().all(|v| *v == 0.5));
+    }
+
+    #[test]
+    fn differing_parameters_stop_the_run_naming_the_step() {
+        let model = linear();
+        check_same_parameters(&model, &Twin { offset: 0.0 }, 100).unwrap();
+        let err = check_same_parameters(&model, &Twin { offset: 1e-9 }, 200).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the ranks' parameters differ at step 200"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl Run<'_> {
             let mut reduced = [scalar(&loss), scalar(&bpd), f64::from(u8::from(stopping))];
             group.sum_f64(&mut reduced);
             let [loss_value, bpd_value, stops] = reduced;
+            injected_failure(group.rank(), step + 1)?;
             if !loss_value.is_finite() {
                 // Numbered like metrics.jsonl, whose line `step + 1` would have held this loss.
                 let kept = match (self.dir.current_checkpoint(), self.dir.load_state()) {
@@ -401,6 +402,23 @@ pub const EVAL_BATCH: usize = 256;
 
 /// Steps between checks that every rank holds the same parameters.
 const CHECK_EVERY: usize = 100;
+
+/// Test hook, inert without the variable: `REVFLOW_FAIL_STEP=R:S` makes rank R fail at
+/// step S, to check that one rank's error ends the whole job and leaves a resumable run.
+fn injected_failure(rank: usize, step: usize) -> Result<()> {
+    let Ok(spec) = std::env::var("REVFLOW_FAIL_STEP") else {
+        return Ok(());
+    };
+    let target = spec
+        .split_once(':')
+        .and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<usize>().ok()?)));
+    match target {
+        Some(t) if t == (rank, step) => Err(FlowError::Training(format!(
+            "failure injected at step {step} (REVFLOW_FAIL_STEP={spec})"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// What data-parallel training cannot do, refused with one line before anything is written.
 fn check_parallel(config: &RunConfig, ranks: usize) -> Result<()> {
