@@ -229,7 +229,9 @@ impl Run<'_> {
             let stopping = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
             // One small all-reduce: the global loss, and whether any rank was asked to stop.
             let mut reduced = [scalar(&loss), scalar(&bpd), f64::from(u8::from(stopping))];
+            let communicating = Instant::now();
             group.sum_f64(&mut reduced);
+            let mut communication = communicating.elapsed();
             let [loss_value, bpd_value, stops] = reduced;
             injected_failure(group.rank(), step + 1)?;
             if !loss_value.is_finite() {
@@ -260,17 +262,24 @@ impl Run<'_> {
             let lr = tc.lr * ((step + 1) as f64 / tc.warmup.max(1) as f64).min(1.0);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             // Clipping (in the optimiser) then sees the whole batch's gradient.
+            let communicating = Instant::now();
             let grads = parallel::sum_gradients(&model, grads, group)?;
+            communication += communicating.elapsed();
             model = optimizer.step(lr, model, grads);
             let done = step + 1;
             if done % CHECK_EVERY == 0 {
                 parallel::check_same_parameters(&model, group, done)?;
             }
             if let Some(metrics) = &mut metrics {
-                metrics.write(&serde_json::json!({
+                let mut line = serde_json::json!({
                     "step": done, "loss": loss_value, "bits_per_dim": bpd_value, "lr": lr,
                     "seconds": started.elapsed().as_secs_f64(),
-                }))?;
+                });
+                if group.size() > 1 {
+                    // Rank 0's time in the step's all-reduces (waiting for the others included).
+                    line["allreduce_seconds"] = communication.as_secs_f64().into();
+                }
+                metrics.write(&line)?;
             }
             on_event(Event::Step {
                 step: done,
