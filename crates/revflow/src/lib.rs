@@ -37,6 +37,7 @@ pub mod models;
 pub mod nets;
 pub mod pictures;
 mod rng;
+pub mod scoring;
 pub mod training;
 pub mod validate;
 pub mod weights;

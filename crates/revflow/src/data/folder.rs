@@ -250,8 +250,9 @@ fn reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
     Ok(reader)
 }
 
-/// `[C, H, W]` and C×H×W pixels of one file, as 8-bit grey or RGB.
-fn decode(path: &Path) -> Result<([usize; 3], Vec<u8>)> {
+/// `[C, H, W]` and C×H×W pixels of one image file, as 8-bit grey (1 channel) or RGB (3;
+/// alpha is dropped).
+pub fn decode(path: &Path) -> Result<([usize; 3], Vec<u8>)> {
     let img: DynamicImage = reader(path)?.decode().map_err(|e| bad(path, &e))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_color() {

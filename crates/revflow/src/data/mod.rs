@@ -37,7 +37,9 @@ pub use cifar::CifarReader;
 pub use convert::Convert;
 pub use csv::{CsvReader, CsvRows};
 pub use fetch::fetch;
-pub use folder::{header as image_header, load_image_folder, FolderImage, FolderReader};
+pub use folder::{
+    decode as decode_image, header as image_header, load_image_folder, FolderImage, FolderReader,
+};
 pub use idx::{IdxImages, IdxReader};
 
 /// 8-bit images, row-major N×C×H×W.
@@ -169,7 +171,8 @@ impl Data {
         self.class_names().len()
     }
 
-    fn subset(&self, idx: &[usize]) -> Data {
+    /// The items at `idx`, in that order (indices may repeat).
+    pub fn subset(&self, idx: &[usize]) -> Data {
         match self {
             Data::Images(s) => Data::Images(s.subset(idx)),
             Data::Vectors(s) => Data::Vectors(s.subset(idx)),

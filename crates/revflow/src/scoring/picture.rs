@@ -1,0 +1,257 @@
+//! The picture of a comparison: both sets' histograms of bits/dim with the numbers that tell
+//! them apart, and (for images) strips of each set's most and least likely inputs.
+
+use image::RgbImage;
+use plotters::prelude::*;
+
+use crate::error::Result;
+use crate::pictures::grid;
+use crate::pictures::plot::{self, Drawn, FONT, PALETTE};
+
+use super::{Comparison, Scores};
+
+/// A named set of scores.
+pub struct Named<'a> {
+    pub name: &'a str,
+    pub scores: &'a Scores,
+}
+
+/// Width of the picture in pixels.
+const WIDTH: u32 = 1000;
+/// Height of the histogram.
+const CHART: u32 = 460;
+/// Height of a strip's caption.
+const CAPTION: u32 = 26;
+
+/// Pixels per image pixel in the strips: about 56 pixels an image, 16 to a row.
+fn scale([_, h, w]: [usize; 3]) -> usize {
+    ((WIDTH as usize - 40) / 16 / h.max(w).max(1)).clamp(1, 7)
+}
+
+/// Draws the comparison of `other` with `first`; `shape` (`[C, H, W]`) adds the image strips.
+pub fn comparison(
+    first: &Named,
+    other: &Named,
+    cmp: &Comparison,
+    shape: Option<[usize; 3]>,
+) -> Result<RgbImage> {
+    let strips: Vec<(String, RgbImage)> = match shape {
+        Some(shape) => {
+            let strip = |kept: &[super::Kept]| {
+                let images: Vec<Vec<u8>> = kept
+                    .iter()
+                    .map(|k| {
+                        k.values
+                            .iter()
+                            .map(|&v| v.clamp(0.0, 255.0) as u8)
+                            .collect()
+                    })
+                    .collect();
+                grid(&images, shape, 16, scale(shape))
+            };
+            let range = |kept: &[super::Kept]| match (kept.first(), kept.last()) {
+                (Some(a), Some(b)) => {
+                    format!("{:.3} … {:.3} bits/dim", a.bits_per_dim, b.bits_per_dim)
+                }
+                _ => "none".to_string(),
+            };
+            [first, other]
+                .iter()
+                .flat_map(|set| {
+                    let s = set.scores;
+                    [
+                        (
+                            format!(
+                                "{}: the {} most likely ({})",
+                                set.name,
+                                s.most_likely.len(),
+                                range(&s.most_likely)
+                            ),
+                            strip(&s.most_likely),
+                        ),
+                        (
+                            format!(
+                                "{}: the {} least likely ({})",
+                                set.name,
+                                s.least_likely.len(),
+                                range(&s.least_likely)
+                            ),
+                            strip(&s.least_likely),
+                        ),
+                    ]
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let height = CHART
+        + strips
+            .iter()
+            .map(|(_, s)| CAPTION + s.height() + 8)
+            .sum::<u32>()
+        + 8;
+    plot::draw(WIDTH, height, |root| {
+        let (chart, below) = root.split_vertically(CHART);
+        histogram(&chart, first, other, cmp)?;
+        let mut y = 4;
+        for (caption, strip) in &strips {
+            below.draw(&Text::new(caption.clone(), (20, y as i32 + 4), (FONT, 16)))?;
+            plot::paste(&below, strip, (20, (y + CAPTION) as i32))?;
+            y += CAPTION + strip.height() + 8;
+        }
+        Ok(())
+    })
+}
+
+fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) -> Drawn {
+    let all = first
+        .scores
+        .bits_per_dim
+        .iter()
+        .chain(&other.scores.bits_per_dim)
+        .copied();
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = ((hi - lo) * 0.04).max(1e-3);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let bins = 60;
+    let first_bins = plot::histogram(&first.scores.bits_per_dim, lo, hi, bins);
+    let other_bins = plot::histogram(&other.scores.bits_per_dim, lo, hi, bins);
+    let top = first_bins
+        .iter()
+        .chain(&other_bins)
+        .map(|b| b.2)
+        .fold(0.0, f64::max)
+        * 1.3;
+    let q95 = first.scores.summary().q95;
+    let t = &cmp.typicality;
+    let caption = format!(
+        "AUROC {:.3}; {:.1} % of {} above the 95th percentile of {}; typicality (M = {}): {:.1} % vs {:.1} % of batches flagged",
+        cmp.auroc,
+        100.0 * cmp.above_q95,
+        other.name,
+        first.name,
+        t.batch,
+        100.0 * t.other_flagged,
+        100.0 * t.reference_flagged,
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 17))
+        .margin(14)
+        .x_label_area_size(42)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo..hi, 0.0..top.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .x_desc("bits/dim (lower: more likely under the model)")
+        .y_desc("density")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
+        .draw()?;
+    for (set, bins, colour) in [
+        (first, &first_bins, PALETTE[0]),
+        (other, &other_bins, PALETTE[1]),
+    ] {
+        let s = set.scores.summary();
+        chart
+            .draw_series(
+                bins.iter().map(|&(l, r, d)| {
+                    Rectangle::new([(l, 0.0), (r, d)], colour.mix(0.45).filled())
+                }),
+            )?
+            .label(format!(
+                "{}: {} inputs, mean {:.3}, median {:.3}",
+                set.name, s.count, s.mean, s.median
+            ))
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 18, y + 5)], colour.mix(0.45).filled())
+            });
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(q95, 0.0), (q95, top)],
+            BLACK.mix(0.6).stroke_width(2),
+        )))?
+        .label(format!("95th percentile of {}: {q95:.3}", first.name))
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.6).stroke_width(2))
+        });
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(t.train_mean, 0.0), (t.train_mean, top)],
+            PALETTE[2].stroke_width(2),
+        )))?
+        .label(format!(
+            "training set's mean H = {:.3} (ε = {:.3})",
+            t.train_mean, t.epsilon
+        ))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PALETTE[2].stroke_width(2)));
+    plot::legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Kept, Typicality};
+    use super::*;
+
+    fn scores(centre: f64, value: f32) -> Scores {
+        let kept = |b: f64| Kept {
+            id: "x".into(),
+            bits_per_dim: b,
+            values: vec![value; 16],
+        };
+        Scores {
+            bits_per_dim: (0..200).map(|i| centre + (i % 20) as f64 * 0.05).collect(),
+            nats: 0.0,
+            most_likely: vec![kept(centre); 16],
+            least_likely: vec![kept(centre + 1.0); 3],
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_picture_has_both_histograms_and_a_strip_per_set_and_end() {
+        let (a, b) = (scores(2.0, 0.0), scores(3.0, 255.0));
+        let cmp = Comparison {
+            auroc: 0.99,
+            above_q95: 0.9,
+            typicality: Typicality {
+                batch: 16,
+                train_mean: 2.1,
+                epsilon: 0.1,
+                draws: 10,
+                reference_flagged: 0.01,
+                other_flagged: 1.0,
+            },
+        };
+        let (first, other) = (
+            Named {
+                name: "test",
+                scores: &a,
+            },
+            Named {
+                name: "other",
+                scores: &b,
+            },
+        );
+        let picture = comparison(&first, &other, &cmp, Some([1, 4, 4])).unwrap();
+        let cell = 4 * scale([1, 4, 4]) as u32 + 1;
+        assert_eq!(picture.height(), CHART + 4 * (CAPTION + cell + 1 + 8) + 8);
+        // Both colours of the histogram are there.
+        let near = |p: &image::Rgb<u8>, c: RGBColor| {
+            let blend = |v: u8| (v as f64 * 0.45 + 255.0 * 0.55) as i32;
+            (p[0] as i32 - blend(c.0)).abs() < 4
+                && (p[1] as i32 - blend(c.1)).abs() < 4
+                && (p[2] as i32 - blend(c.2)).abs() < 4
+        };
+        for colour in [PALETTE[0], PALETTE[1]] {
+            let count = picture.pixels().filter(|p| near(p, colour)).count();
+            assert!(count > 500, "{count} pixels of {colour:?}");
+        }
+        // The least likely strip of `other` holds its white images.
+        let white = picture.pixels().filter(|p| p.0 == [255, 255, 255]).count();
+        assert!(white > 0);
+        // Vectors: the histogram alone.
+        let picture = comparison(&first, &other, &cmp, None).unwrap();
+        assert_eq!(picture.height(), CHART + 8);
+    }
+}
