@@ -189,7 +189,15 @@ pub fn draw_samples(
         .map(|i| if classes > 0 { (i / 8) % classes } else { 0 })
         .collect();
     let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, &device));
-    let x = model.sample(n, temperature, cond.as_ref(), &device)?;
+    // The same latents at every step, so that the grids show training progress.
+    let keys = revflow::noise::indices(0, n);
+    let x = model.sample(
+        config.train.seed,
+        &keys,
+        temperature,
+        cond.as_ref(),
+        &device,
+    )?;
     let picture = match config.model.image_shape() {
         Some(shape) => grid(&pixels(x), shape, 8, 4),
         None => {
@@ -216,8 +224,8 @@ pub struct EvalArgs {
     /// likelihood to find unusual ones.
     #[arg(long)]
     pub per_sample: Option<PathBuf>,
-    /// Batch size; the dequantisation noise is seeded per batch, so keep the default to match
-    /// the numbers training reported.
+    /// Inputs per batch (memory only: each input's dequantisation noise is keyed by its
+    /// content, so the numbers do not depend on it).
     #[arg(long, default_value_t = revflow::training::EVAL_BATCH)]
     pub batch_size: usize,
 }
@@ -296,6 +304,7 @@ pub struct SampleArgs {
     /// Also write the samples as CSV (vectors: the values; images: the pixels).
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Seed of the latents: sample i is the same for a given seed whatever -n or the batch.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -310,7 +319,6 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         in_range("--temperatures", t, 0.0..)?;
     }
     let run = open(&args.run)?;
-    run.device.seed(args.seed);
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
     if class.is_some() && run.classes() == 0 {
         return Err(FlowError::Config(format!(
@@ -356,7 +364,11 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
                 .map(|i| class.unwrap_or(i % run.classes().max(1)))
                 .collect();
             let cond = run.labels(&labels);
-            let x = run.model.sample(len, t, cond.as_ref(), &run.device)?;
+            // Sample i has the same latents at every temperature and in every batch.
+            let keys = revflow::noise::indices(start as u64, len);
+            let x = run
+                .model
+                .sample(args.seed, &keys, t, cond.as_ref(), &run.device)?;
             match image_shape {
                 Some(_) => images.extend(pixels(x)),
                 None => points.extend(points_of(x)),

@@ -203,7 +203,7 @@ fn setup(config: &BenchConfig, device: &Device) -> Result<(Model, Tensor<2>)> {
     let x = pixels(config.batch, model_config.dims(), 7, device);
     let model = model_config
         .init(device)?
-        .data_init(x.clone(), None)?
+        .data_init(x.clone(), None, None)?
         .train();
     // Noise of a fixed size would blow wide coupling networks up (log p ~ -1e6 on the CIFAR
     // shape): scale it with the width.
@@ -219,8 +219,17 @@ pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timin
     let (mut model, x) = setup(config, &device)?;
     let dims = config.glow.shape.iter().product::<usize>() as f64;
     let mut optimizer = AdamConfig::new().init();
+    let keys = crate::noise::indices(0, config.batch);
+    let u = crate::noise::uniform(
+        3,
+        crate::noise::Purpose::Train,
+        &keys,
+        0,
+        x.dims()[1],
+        &device,
+    );
     let train_ms = time(iters, || {
-        let (log_p, _) = model.log_prob(x.clone(), None, true)?;
+        let (log_p, _) = model.log_prob(x.clone(), None, Some(&u))?;
         let loss = log_p.neg().mean() / (dims * std::f64::consts::LN_2);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-3, model.clone(), grads);
@@ -233,14 +242,12 @@ pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timin
     let inference = model.valid();
     let x = x.inner();
     let eval_ms = time(iters, || {
-        let (log_p, _) = inference.log_prob(x.clone(), None, false)?;
+        let (log_p, _) = inference.log_prob(x.clone(), None, None)?;
         let _ = log_p.into_data(); // wait for the result
         Ok(())
     })?;
     let sample_ms = time(iters, || {
-        let _ = inference
-            .sample(config.batch, 1.0, None, &plain)?
-            .into_data();
+        let _ = inference.sample(3, &keys, 1.0, None, &plain)?.into_data();
         Ok(())
     })?;
     let logp_vs_cpu = match backend {
@@ -273,11 +280,11 @@ fn difference_from_cpu(model: &Model, x: Tensor<2>) -> Result<f64> {
             })?;
         Ok(v.into_iter().map(f64::from).collect())
     };
-    let here = values(model.log_prob(x.clone(), None, false)?.0)?;
+    let here = values(model.log_prob(x.clone(), None, None)?.0)?;
     let there = model
         .clone()
         .to_device(&cpu)
-        .log_prob(x.to_device(&cpu), None, false)?;
+        .log_prob(x.to_device(&cpu), None, None)?;
     let there = values(there.0)?;
     Ok(here
         .iter()
@@ -311,7 +318,7 @@ pub fn export(config: &BenchConfig, dir: &Path) -> Result<()> {
         &[("pixels", x.clone())],
         Default::default(),
     )?;
-    let (log_p, _) = model.log_prob(x, None, false)?;
+    let (log_p, _) = model.log_prob(x, None, None)?;
     let log_p = log_p.into_data().try_to_vec_as::<f64>().expect("floats");
     let text = serde_json::to_string(&serde_json::json!({"log_p": log_p})).expect("serialisable");
     write_atomic(&dir.join("expected.json"), text.as_bytes())

@@ -35,6 +35,7 @@ pub mod limits;
 mod linalg;
 pub mod models;
 pub mod nets;
+pub mod noise;
 pub mod pictures;
 mod rng;
 pub mod scoring;

@@ -18,6 +18,18 @@ pub fn randn<const D: usize>(dims: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::random(dims, Distribution::Normal(0.0, 1.0), device)
 }
 
+/// Dequantisation noise for `x` (pixels `(N, D)`), row `i` keyed by `i`.
+pub fn noise_like(x: &Tensor<2>) -> Tensor<2> {
+    let [n, d] = x.dims();
+    let keys = crate::noise::indices(0, n);
+    crate::noise::uniform(0, crate::noise::Purpose::Score, &keys, 0, d, &x.device())
+}
+
+/// `n` sample keys for [`Model::sample`](crate::models::Model::sample).
+pub fn keys(n: usize) -> Vec<u64> {
+    crate::noise::indices(0, n)
+}
+
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec_as::<f32>().unwrap()
 }

@@ -269,7 +269,7 @@ fn trained() -> (Model, ModuleOptimizer) {
     let device = Device::flex().autodiff();
     let model = run_config().model.init(&device).unwrap();
     let x = Tensor::<2>::ones([4, 2], &device);
-    let (log_p, _) = model.log_prob(x, None, false).unwrap();
+    let (log_p, _) = model.log_prob(x, None, None).unwrap();
     let grads = GradientsParams::from_grads(log_p.mean().backward(), &model);
     let mut optimizer = AdamConfig::new().init();
     let model = optimizer.step(1e-3, model, grads);

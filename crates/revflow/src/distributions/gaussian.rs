@@ -2,9 +2,10 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::{gaussian_log_prob, gaussian_sample, BaseDistribution};
+use super::{gaussian_destandardize, gaussian_log_prob, gaussian_standardize, BaseDistribution};
 use crate::error::{FlowError, Result};
 use crate::flow::Cond;
+use crate::noise::Standard;
 
 /// Configuration of a diagonal [`Gaussian`] base distribution.
 #[derive(Debug, Clone)]
@@ -117,8 +118,13 @@ impl Gaussian {
     }
 }
 
-impl<const D: usize> BaseDistribution<D> for Gaussian {
-    fn log_prob(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<1>> {
+impl Gaussian {
+    /// `(mean, log_std)` for latents `z`, whose shape is checked.
+    fn parameters_for<const D: usize>(
+        &self,
+        z: &Tensor<D>,
+        cond: Cond,
+    ) -> Result<(Tensor<D>, Tensor<D>)> {
         let dims = z.dims();
         if dims[1..] != self.shape[..] {
             return Err(FlowError::shape(
@@ -127,13 +133,28 @@ impl<const D: usize> BaseDistribution<D> for Gaussian {
                 dims,
             ));
         }
-        let (mean, log_std) = self.parameters::<D>(dims[0], cond, &z.device())?;
+        self.parameters::<D>(dims[0], cond, &z.device())
+    }
+}
+
+impl<const D: usize> BaseDistribution<D> for Gaussian {
+    fn log_prob(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<1>> {
+        let (mean, log_std) = self.parameters_for(&z, cond)?;
         Ok(gaussian_log_prob(z, mean, log_std))
     }
 
-    fn sample(&self, n: usize, temperature: f64, cond: Cond, device: &Device) -> Result<Tensor<D>> {
-        let (mean, log_std) = self.parameters::<D>(n, cond, device)?;
-        Ok(gaussian_sample(mean, log_std, temperature))
+    fn standardize(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
+        let (mean, log_std) = self.parameters_for(&z, cond)?;
+        Ok(gaussian_standardize(z, mean, log_std))
+    }
+
+    fn destandardize(&self, eps: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
+        let (mean, log_std) = self.parameters_for(&eps, cond)?;
+        Ok(gaussian_destandardize(eps, mean, log_std))
+    }
+
+    fn standard(&self) -> Standard {
+        Standard::Normal
     }
 }
 
@@ -165,7 +186,9 @@ mod tests {
             1,
         );
         let y = one_hot(&[0, 2], 3, &dev);
-        let z: Tensor<4> = prior.sample(2, 1.0, Some(&y), &dev).unwrap();
+        let z: Tensor<4> = prior
+            .destandardize(randn([2, 2, 2, 2], &dev), Some(&y))
+            .unwrap();
         let (mean, log_std) = prior.parameters::<4>(2, Some(&y), &dev).unwrap();
         // log N by hand on the host.
         let (z, m, s) = (to_vec(z.clone()), to_vec(mean), to_vec(log_std));
@@ -190,16 +213,24 @@ mod tests {
     }
 
     #[test]
-    fn temperature_scales_the_spread() {
+    fn standardize_and_destandardize_are_inverse_affine_maps() {
         let dev = device();
-        dev.seed(3);
-        let prior = GaussianConfig::standard(&[1000]).init(&dev);
-        let std = |t: f64| {
-            let z: Tensor<2> = prior.sample(4, t, None, &dev).unwrap();
-            to_vec(z.var(1).sqrt().mean())[0]
-        };
-        assert!((std(1.0) - 1.0).abs() < 0.05);
-        assert!((std(0.5) - 0.5).abs() < 0.03);
+        let prior = perturb(
+            GaussianConfig::standard(&[3, 2, 2])
+                .with_learn_top(true)
+                .with_classes(2)
+                .init(&dev),
+            0.5,
+            2,
+        );
+        let y = one_hot(&[1, 0], 2, &dev);
+        let z = randn([2, 3, 2, 2], &dev);
+        let eps = prior.standardize(z.clone(), Some(&y)).unwrap();
+        let (mean, log_std) = prior.parameters::<4>(2, Some(&y), &dev).unwrap();
+        let by_hand = (z.clone() - mean) / log_std.exp();
+        assert!(max_abs_diff(&eps, &by_hand) < 1e-5);
+        let back = prior.destandardize(eps, Some(&y)).unwrap();
+        assert!(max_abs_diff(&back, &z) < 1e-5);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Base distributions p_Z for the latents: standard, learned ("learn-top") and
 //! class-conditional Gaussians, and the standard logistic (NICE). All are factorised, so a
-//! log-density is a sum over dimensions; sampling takes a temperature T that scales the
-//! spread (Glow §5: N(μ, (T·σ)²)).
+//! log-density is a sum over dimensions. Each maps its latents `z` to standardised ones `ε`
+//! (N(0, I), or the standard logistic) and back: sampling draws `ε` on the host (see
+//! [`crate::noise`]) and a temperature T scales it (Glow §5: N(μ, (T·σ)²)).
 
 mod gaussian;
 mod logistic;
@@ -10,18 +11,25 @@ pub use gaussian::{Gaussian, GaussianConfig};
 pub use logistic::Logistic;
 
 use burn::module::Module;
-use burn::tensor::{Device, Distribution as Noise, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::Result;
 use crate::flow::{sum_per_sample, Cond};
+use crate::noise::Standard;
 
 /// A base distribution over rank-`D` latents.
 pub trait BaseDistribution<const D: usize> {
     /// `log p(z)` per sample, shape `(N)`.
     fn log_prob(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<1>>;
 
-    /// `n` samples at temperature `temperature` (1: the distribution itself).
-    fn sample(&self, n: usize, temperature: f64, cond: Cond, device: &Device) -> Result<Tensor<D>>;
+    /// `z → ε`, a bijection onto the [`standard`](Self::standard) distribution.
+    fn standardize(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
+
+    /// `ε → z`, the inverse of [`standardize`](Self::standardize).
+    fn destandardize(&self, eps: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
+
+    /// The distribution of `ε`.
+    fn standard(&self) -> Standard;
 }
 
 const LOG_2PI: f64 = 1.837_877_066_409_345_5;
@@ -32,18 +40,26 @@ pub fn gaussian_log_prob<const D: usize>(
     mean: Tensor<D>,
     log_std: Tensor<D>,
 ) -> Tensor<1> {
-    let e = (z - mean) * log_std.clone().neg().exp();
+    let e = gaussian_standardize(z, mean, log_std.clone());
     sum_per_sample((e.square() + LOG_2PI) * -0.5 - log_std)
 }
 
-/// `μ + T·σ·ε`, ε ~ N(0, I).
-pub fn gaussian_sample<const D: usize>(
+/// `ε = (z − μ) / σ`.
+pub fn gaussian_standardize<const D: usize>(
+    z: Tensor<D>,
     mean: Tensor<D>,
     log_std: Tensor<D>,
-    temperature: f64,
 ) -> Tensor<D> {
-    let eps = mean.random_like(Noise::Normal(0.0, 1.0));
-    mean + log_std.exp() * eps * temperature
+    (z - mean) * log_std.neg().exp()
+}
+
+/// `z = μ + σ·ε`.
+pub fn gaussian_destandardize<const D: usize>(
+    eps: Tensor<D>,
+    mean: Tensor<D>,
+    log_std: Tensor<D>,
+) -> Tensor<D> {
+    mean + log_std.exp() * eps
 }
 
 /// The prior of a model: one of the base distributions above.
@@ -62,10 +78,24 @@ impl<const D: usize> BaseDistribution<D> for Prior {
         }
     }
 
-    fn sample(&self, n: usize, temperature: f64, cond: Cond, device: &Device) -> Result<Tensor<D>> {
+    fn standardize(&self, z: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
         match self {
-            Prior::Gaussian(p) => p.sample(n, temperature, cond, device),
-            Prior::Logistic(p) => p.sample(n, temperature, cond, device),
+            Prior::Gaussian(p) => p.standardize(z, cond),
+            Prior::Logistic(p) => p.standardize(z, cond),
+        }
+    }
+
+    fn destandardize(&self, eps: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
+        match self {
+            Prior::Gaussian(p) => p.destandardize(eps, cond),
+            Prior::Logistic(p) => p.destandardize(eps, cond),
+        }
+    }
+
+    fn standard(&self) -> Standard {
+        match self {
+            Prior::Gaussian(_) => Standard::Normal,
+            Prior::Logistic(_) => Standard::Logistic,
         }
     }
 }

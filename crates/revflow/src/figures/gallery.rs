@@ -12,6 +12,7 @@ use crate::data::TOY_SETS;
 use crate::error::Result;
 use crate::flow::Flow;
 use crate::models::FlatFlow;
+use crate::noise::{self, Purpose};
 use crate::pictures::plot::{self, Area, Drawn, FONT};
 use crate::pictures::save_png;
 
@@ -50,7 +51,7 @@ fn density(model: &FlatFlow, (c, half): ([f64; 2], f64), n: usize) -> Result<(Ve
     let device = Device::flex();
     let mut p = Vec::with_capacity(n * n);
     for chunk in grid.chunks(16_384) {
-        let (log_p, _) = model.log_prob(tensor(chunk, &device), None, false)?;
+        let (log_p, _) = model.log_prob(tensor(chunk, &device), None, None)?;
         let values = log_p.into_data().try_to_vec_as::<f32>().expect("f32");
         p.extend(values.into_iter().map(|v| (v as f64).exp()));
     }
@@ -238,8 +239,17 @@ fn panels(set: &'static str, toy: &Toy, seed: u64) -> Result<Panels> {
     let n = 220;
     let (p, integral) = density(&toy.model, view, n)?;
     // Seeded, so that the command redraws the same picture.
-    device.seed(seed);
-    let samples = to_points(toy.model.sample(data.len().min(2000), 1.0, None, &device)?);
+    let keys = noise::indices(0, data.len().min(2000));
+    let eps = noise::standard(
+        toy.model.standard(),
+        seed,
+        Purpose::Sample,
+        &keys,
+        0,
+        2,
+        &device,
+    );
+    let samples = to_points(toy.model.destandardize(&[eps], None)?);
     Ok(Panels {
         set,
         view,

@@ -122,8 +122,14 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
         .collect();
     for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
         // The same noise in every row, scaled by T: a row shows where T takes each sample.
-        device.seed(options.seed.wrapping_add(17));
-        let x = model.sample(n, t, cond(&labels).as_ref(), &device)?;
+        let keys = crate::noise::indices(0, n);
+        let x = model.sample(
+            options.seed.wrapping_add(17),
+            &keys,
+            t,
+            cond(&labels).as_ref(),
+            &device,
+        )?;
         sample_rows.push((format!("temperature T = {t}"), strip(x, n)));
     }
     let path = super::file(options, "latents-temperatures.png");
@@ -142,9 +148,9 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
     let zs = model.encode(x.clone(), c.as_ref())?;
     let top = zs.last().expect("a top level").clone();
     let all = model.decode(&zs, c.as_ref())?;
-    let top_mean = model.decode_top(&top, 0.0, c.as_ref())?;
-    device.seed(options.seed.wrapping_add(23));
-    let top_sampled = model.decode_top(&top, 1.0, c.as_ref())?;
+    let seed = options.seed.wrapping_add(23);
+    let top_mean = model.decode_top(&top, 0.0, c.as_ref(), seed)?;
+    let top_sampled = model.decode_top(&top, 1.0, c.as_ref(), seed)?;
     let step = (1u32 << (8 - n_bits(&config.model))) as f32;
     let quantized = (x.clone() / step).floor() * step;
     let wrong = |y: &Tensor<2>| {

@@ -54,7 +54,7 @@ fn train(with_logdet: bool, options: &Options) -> Result<Trace> {
         0,
         &device,
     );
-    let mut model = for_training(config.init(&device)?.data_init(x0, None)?);
+    let mut model = for_training(config.init(&device)?.data_init(x0, None, None)?);
     let mut optimizer = AdamConfig::new().init();
     let steps = options.steps;
     let snapshot_at = [0, steps / 20, steps / 4, steps];
@@ -81,8 +81,7 @@ fn train(with_logdet: bool, options: &Options) -> Result<Trace> {
                     .push((step, z.iter().map(|p| p[0]).collect()));
             }
             if step == steps {
-                let (log_p, _) =
-                    inference.log_prob(tensor(&probe, &Device::flex()), None, false)?;
+                let (log_p, _) = inference.log_prob(tensor(&probe, &Device::flex()), None, None)?;
                 let mean = log_p.mean().into_scalar::<f32>() as f64;
                 trace.bits_per_dim = bits_per_dim(mean, 2);
             }

@@ -19,7 +19,7 @@ pub use invconv::{InvConv1x1, InvConv1x1Lu, InvConvConfig};
 pub use permute::Permute;
 pub use preprocess::{Dequantize, Logit};
 pub use scale::DiagScale;
-pub use split::{Split, SplitConfig};
+pub use split::{Latent, Split, SplitConfig};
 pub use squeeze::Squeeze;
 
 use burn::module::Module;
@@ -166,7 +166,17 @@ pub(crate) mod tests {
         prior: &P,
         dev: &Device,
     ) -> f64 {
-        let z: Tensor<2> = prior.sample(4000, 1.0, None, dev).unwrap();
+        let keys = crate::noise::indices(0, 4000);
+        let eps = crate::noise::standard(
+            prior.standard(),
+            1,
+            crate::noise::Purpose::Sample,
+            &keys,
+            0,
+            2,
+            dev,
+        );
+        let z: Tensor<2> = prior.destandardize(eps, None).unwrap();
         let x = to_vec(flow.inverse(z, None).unwrap());
         let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
         for p in x.chunks(2) {

@@ -7,7 +7,7 @@
 //! - [`Logit`]: `[0, 1] → ℝ`, `y = logit(α + (1 − 2α)·x)` (RealNVP §4.1).
 
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Distribution as Noise, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::{FlowError, Result};
 use crate::flow::{check_finite, sum_per_sample, Cond, Flow};
@@ -38,9 +38,6 @@ pub struct Dequantize {
     pub n_bits: u32,
     /// Output in `[−0.5, 0.5)` (Glow) rather than `[0, 1)` (RealNVP, before [`Logit`]).
     pub centered: bool,
-    /// Add U(0, 1) noise within each bin (training and likelihood); without it every value
-    /// sits at its bin's centre (encoding).
-    pub noise: bool,
 }
 
 impl Dequantize {
@@ -49,7 +46,6 @@ impl Dequantize {
         Self {
             n_bits,
             centered: true,
-            noise: true,
         }
     }
 
@@ -60,27 +56,48 @@ impl Dequantize {
     fn step(&self) -> f64 {
         (1u32 << (8 - self.n_bits)) as f64
     }
-}
 
-impl<const D: usize> Flow<D> for Dequantize {
-    /// Input: 8-bit values (0‥255) as floats.
-    fn forward(&self, x: Tensor<D>, _: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+    /// 8-bit values (0‥255, as floats) → continuous values, with `u ∈ [0, 1)` (the shape of
+    /// `x`) placing each value within its bin; `None` puts every value at its bin's centre.
+    /// The noise comes from the caller (see [`crate::noise`]), so that a likelihood depends
+    /// on the input and its noise only, never on a batch or a device's generator.
+    pub fn dequantize<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        u: Option<Tensor<D>>,
+    ) -> Result<(Tensor<D>, Tensor<1>)> {
         check_range("Dequantize", &x, 0.0, 255.0)?;
         let k = if self.n_bits < 8 {
             (x / self.step()).floor()
         } else {
             x
         };
-        let v = if self.noise {
-            k.clone() + k.random_like(Noise::Uniform(0.0, 1.0))
-        } else {
-            k + 0.5
+        let v = match u {
+            Some(u) if u.dims() == k.dims() => {
+                check_range("dequantization noise", &u, 0.0, 1.0)?;
+                k + u
+            }
+            Some(u) => {
+                return Err(FlowError::shape(
+                    "dequantization noise",
+                    format!("the inputs' shape {:?}", k.dims()),
+                    u.dims(),
+                ))
+            }
+            None => k + 0.5,
         };
         let y = v / self.bins() - if self.centered { 0.5 } else { 0.0 };
         let dims: usize = y.dims()[1..].iter().product();
         let n = y.dims()[0];
         let logdet = Tensor::full([n], -(dims as f64) * self.bins().ln(), &y.device());
         Ok((y, logdet))
+    }
+}
+
+impl<const D: usize> Flow<D> for Dequantize {
+    /// Input: 8-bit values (0‥255) as floats, each put at its bin's centre.
+    fn forward(&self, x: Tensor<D>, _: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
+        self.dequantize(x, None)
     }
 
     /// Back to 8-bit values: the bin each value falls in, at its lowest 8-bit level.
@@ -138,13 +155,13 @@ mod tests {
         for n_bits in [8, 5, 3] {
             let step = (1 << (8 - n_bits)) as f32;
             let x = pixels([2, 3, 4, 4], step, &dev);
-            for noise in [true, false] {
+            let u = randn([2, 3, 4, 4], &dev).abs().clamp(0.0, 0.999);
+            for noise in [Some(u), None] {
                 let layer = Dequantize {
                     n_bits,
                     centered: true,
-                    noise,
                 };
-                let (y, logdet) = layer.forward(x.clone(), None).unwrap();
+                let (y, logdet) = layer.dequantize(x.clone(), noise).unwrap();
                 let (lo, hi) = (to_vec(y.clone().min())[0], to_vec(y.clone().max())[0]);
                 assert!((-0.5..0.5).contains(&lo) && hi < 0.5);
                 assert_eq!(to_vec(layer.inverse(y, None).unwrap()), to_vec(x.clone()));
@@ -157,12 +174,42 @@ mod tests {
     }
 
     #[test]
+    fn dequantize_places_values_in_their_bin_by_the_given_noise() {
+        let dev = device();
+        let layer = Dequantize {
+            n_bits: 8,
+            centered: false,
+        };
+        let x = Tensor::<2>::from_floats([[0.0, 10.0, 255.0]], &dev);
+        let u = Tensor::<2>::from_floats([[0.25, 0.0, 0.75]], &dev);
+        let (y, _) = layer.dequantize(x.clone(), Some(u)).unwrap();
+        let want = [0.25 / 256.0, 10.0 / 256.0, 255.75 / 256.0];
+        to_vec(y)
+            .iter()
+            .zip(want)
+            .for_each(|(a, b)| assert!((a - b).abs() < 1e-7, "{a} vs {b}"));
+        let (y, _) = layer.dequantize(x.clone(), None).unwrap();
+        assert!((to_vec(y)[1] - 10.5 / 256.0).abs() < 1e-7);
+        // Noise of another shape or outside [0, 1] is refused.
+        let err = layer
+            .dequantize(x.clone(), Some(Tensor::zeros([1, 2], &dev)))
+            .unwrap_err();
+        assert!(err.to_string().contains("dequantization noise"), "{err}");
+        let err = layer
+            .dequantize(x, Some(Tensor::full([1, 3], 1.5, &dev)))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected values in [0, 1]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn dequantize_logdet_matches_jacobian_at_8_bits() {
         let dev = device();
         let layer = Dequantize {
             n_bits: 8,
             centered: false,
-            noise: false,
         };
         check_flow(&layer, pixels([2, 4, 2, 2], 1.0, &dev), None);
     }

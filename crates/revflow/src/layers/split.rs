@@ -7,7 +7,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use crate::distributions::{gaussian_log_prob, gaussian_sample};
+use crate::distributions::{gaussian_destandardize, gaussian_log_prob, gaussian_standardize};
 use crate::error::{FlowError, Result};
 use crate::flow::check_channels;
 use crate::nets::ZeroConv2d;
@@ -76,30 +76,40 @@ impl Split {
         Ok((kept, z, log_p))
     }
 
-    /// `(h, z) → x`. Without `z`, samples it from the prior at `temperature`.
-    pub fn inverse(
-        &self,
-        kept: Tensor<4>,
-        z: Option<Tensor<4>>,
-        temperature: f64,
-    ) -> Result<Tensor<4>> {
+    /// `z → ε = (z − μ(h)) / σ(h)`, standard normal under the prior.
+    pub fn standardize(&self, kept: &Tensor<4>, z: Tensor<4>) -> Tensor<4> {
+        let (mean, log_std) = self.prior_of(kept);
+        gaussian_standardize(z, mean, log_std)
+    }
+
+    /// `(h, z) → x`, with `z` given as itself or as standardised `ε` (`z = μ(h) + σ(h)·ε`).
+    pub fn inverse(&self, kept: Tensor<4>, z: Latent) -> Result<Tensor<4>> {
         check_channels("Split inverse", &kept, self.channels / 2)?;
+        let (Latent::Value(t) | Latent::Standard(t)) = &z;
+        if t.dims() != kept.dims() {
+            return Err(FlowError::shape(
+                "Split inverse",
+                format!("a latent of shape {:?}", kept.dims()),
+                t.dims(),
+            ));
+        }
         let z = match z {
-            Some(z) if z.dims() == kept.dims() => z,
-            Some(z) => {
-                return Err(FlowError::shape(
-                    "Split inverse",
-                    format!("a latent of shape {:?}", kept.dims()),
-                    z.dims(),
-                ))
-            }
-            None => {
+            Latent::Value(z) => z,
+            Latent::Standard(eps) => {
                 let (mean, log_std) = self.prior_of(&kept);
-                gaussian_sample(mean, log_std, temperature)
+                gaussian_destandardize(eps, mean, log_std)
             }
         };
         Ok(Tensor::cat(vec![kept, z], 1))
     }
+}
+
+/// A factored-out latent for an inverse: `z` itself, or standardised `ε` under its prior
+/// (what sampling draws).
+#[derive(Debug, Clone)]
+pub enum Latent {
+    Value(Tensor<4>),
+    Standard(Tensor<4>),
 }
 
 #[cfg(test)]
@@ -115,8 +125,16 @@ mod tests {
             let x = randn([2, 4, 3, 3], &dev);
             let (kept, z, log_p) = split.forward(x.clone()).unwrap();
             assert_eq!(kept.dims(), [2, 2, 3, 3]);
-            let back = split.inverse(kept.clone(), Some(z.clone()), 1.0).unwrap();
+            let back = split
+                .inverse(kept.clone(), Latent::Value(z.clone()))
+                .unwrap();
             assert!(max_abs_diff(&back, &x) == 0.0);
+            // Through ε: the same x.
+            let eps = split.standardize(&kept, z.clone());
+            let back = split
+                .inverse(kept.clone(), Latent::Standard(eps.clone()))
+                .unwrap();
+            assert!(max_abs_diff(&back, &x) < 1e-5);
             // log p(z | h) by hand, with the prior's mean and log-std.
             let (mean, log_std) = split.prior_of(&kept);
             let (z, m, s) = (to_vec(z), to_vec(mean), to_vec(log_std));
@@ -141,9 +159,16 @@ mod tests {
                     "{lp_i} vs {by_hand}"
                 );
             }
-            // Sampling fills z in with the right shape.
-            let sampled = split.inverse(kept, None, 0.7).unwrap();
-            assert_eq!(sampled.dims(), [2, 4, 3, 3]);
+            // ε is (z − μ) / σ.
+            let e = to_vec(eps);
+            for j in 0..e.len() {
+                let want = (z[j] - m[j]) / s[j].exp();
+                assert!((e[j] - want).abs() <= 1e-5 * want.abs().max(1.0));
+            }
+            let err = split
+                .inverse(kept, Latent::Standard(randn([2, 2, 3, 4], &dev)))
+                .unwrap_err();
+            assert!(err.to_string().contains("a latent of shape"), "{err}");
         }
     }
 

@@ -12,8 +12,9 @@ use crate::layers::{
     ActNormConfig, CouplingConfig, CouplingKind, Dequantize, DiagScale, Layer, Mask,
 };
 use crate::nets::{Mlp, MlpConfig};
+use crate::noise::Standard;
 
-use super::{NiceConfig, Permutation, VectorFlowConfig};
+use super::{NiceConfig, Noise, Permutation, VectorFlowConfig};
 
 #[derive(Module, Debug)]
 pub struct FlatFlow {
@@ -27,15 +28,15 @@ pub struct FlatFlow {
 }
 
 impl FlatFlow {
-    fn dequantize(&self, noise: bool) -> Option<Dequantize> {
+    fn dequantize(&self) -> Option<Dequantize> {
         self.n_bits.map(|n_bits| Dequantize {
             n_bits,
             centered: false,
-            noise,
         })
     }
 
-    fn preprocess(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<2>, Tensor<1>)> {
+    /// Inputs → the flow's input and the preprocessing log-det; real vectors take no noise.
+    fn preprocess(&self, x: Tensor<2>, noise: Noise) -> Result<(Tensor<2>, Tensor<1>)> {
         let [n, d] = x.dims();
         if d != self.dims {
             return Err(FlowError::shape(
@@ -44,14 +45,14 @@ impl FlatFlow {
                 format!("{d} values per sample"),
             ));
         }
-        match self.dequantize(noise) {
-            Some(dq) => dq.forward(x, None),
+        match self.dequantize() {
+            Some(dq) => dq.dequantize(x, noise.cloned()),
             None => Ok((x.clone(), Tensor::zeros([n], &x.device()))),
         }
     }
 
     fn postprocess(&self, x: Tensor<2>) -> Result<Tensor<2>> {
-        match self.dequantize(false) {
+        match self.dequantize() {
             Some(dq) => dq.inverse(x, None),
             None => Ok(x),
         }
@@ -61,7 +62,7 @@ impl FlatFlow {
         &self,
         x: Tensor<2>,
         cond: Cond,
-        noise: bool,
+        noise: Noise,
     ) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
         let (x, pre) = self.preprocess(x, noise)?;
         let (z, logdet) = self.flow.forward(x, cond)?;
@@ -69,8 +70,30 @@ impl FlatFlow {
     }
 
     pub fn encode(&self, x: Tensor<2>, cond: Cond) -> Result<Vec<Tensor<2>>> {
-        let (x, _) = self.preprocess(x, false)?;
+        let (x, _) = self.preprocess(x, None)?;
         Ok(vec![self.flow.forward(x, cond)?.0])
+    }
+
+    /// `ε`, the latent standardised under the prior (one level).
+    pub fn standardize(&self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Vec<Tensor<2>>> {
+        let (x, _) = self.preprocess(x, noise)?;
+        let (z, _) = self.flow.forward(x, cond)?;
+        Ok(vec![self.prior.standardize(z, cond)?])
+    }
+
+    /// Inverse of [`standardize`](Self::standardize).
+    pub fn destandardize(&self, eps: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
+        match eps {
+            [e] if e.dims()[1] == self.dims => {
+                let z = self.prior.destandardize(e.clone(), cond)?;
+                self.decode(&[z], cond)
+            }
+            _ => self.decode(eps, cond),
+        }
+    }
+
+    pub fn standard(&self) -> Standard {
+        BaseDistribution::<2>::standard(&self.prior)
     }
 
     pub fn decode(&self, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
@@ -86,19 +109,8 @@ impl FlatFlow {
         }
     }
 
-    pub fn sample(
-        &self,
-        n: usize,
-        temperature: f64,
-        cond: Cond,
-        device: &Device,
-    ) -> Result<Tensor<2>> {
-        let z = self.prior.sample(n, temperature, cond, device)?;
-        self.postprocess(self.flow.inverse(z, cond)?)
-    }
-
-    pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
-        let (x, _) = self.preprocess(x, true)?;
+    pub fn data_init(self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Self> {
+        let (x, _) = self.preprocess(x, noise)?;
         let (flow, _) = self.flow.data_init(x, cond)?;
         Ok(FlatFlow { flow, ..self })
     }

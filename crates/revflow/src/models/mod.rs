@@ -5,6 +5,8 @@
 //! latents (one `(N, dᵢ)` tensor per level) that decode back to the input.
 
 mod flat;
+#[cfg(test)]
+mod log_p_check;
 mod multiscale;
 
 pub use flat::FlatFlow;
@@ -18,6 +20,7 @@ use crate::error::{FlowError, Result};
 use crate::flow::{check_finite, Cond};
 use crate::layers::{InvConvConfig, Layer, Permute};
 use crate::nets::{ConvNet, ResNet};
+use crate::noise::{self, Purpose, Standard};
 use crate::validate::{between, in_range};
 
 /// How Glow mixes channels between couplings.
@@ -328,6 +331,12 @@ impl ModelConfig {
     }
 }
 
+/// Dequantisation noise for image models: `None` puts every 8-bit value at its bin's centre;
+/// `Some(u)`, `u ∈ [0, 1)` of shape `(N, D)`, places each value within its bin. Drawn by the
+/// caller from [`crate::noise`], keyed per input, so that a likelihood never depends on a
+/// batch, a process or a device. Vector models ignore it.
+pub type Noise<'a> = Option<&'a Tensor<2>>;
+
 /// A trained or trainable model of any family.
 #[derive(Module, Debug)]
 pub enum Model {
@@ -349,14 +358,83 @@ macro_rules! each {
 impl Model {
     /// `log p(x)` in nats per sample — of the discrete 8-bit data for image models (the
     /// dequantisation log-det included), of the density for vectors — and class logits for
-    /// y-cond models. `noise`: dequantise with uniform noise (training, likelihood).
+    /// y-cond models. With `noise`, an unbiased estimate (a lower bound in expectation) of
+    /// the discrete log-probability; without, the density at the bins' centres.
     pub fn log_prob(
         &self,
         x: Tensor<2>,
         cond: Cond,
-        noise: bool,
+        noise: Noise,
     ) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
         each!(self, m => m.log_prob(x, cond, noise))
+    }
+
+    /// Standardised latents `ε` of every level, `(N, dᵢ)` each, the top last: each latent
+    /// mapped to the [`standard`](Self::standard) distribution under its prior (a Glow
+    /// split's `(z − μ(h)) / σ(h)`). `x ↦ ε` is one bijection whose Jacobian gives the whole
+    /// likelihood: `log p(x) = Σ log p_standard(ε) + log|det ∂ε/∂x|`.
+    pub fn standardize(&self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Vec<Tensor<2>>> {
+        each!(self, m => m.standardize(x, cond, noise))
+    }
+
+    /// Inverse of [`standardize`](Self::standardize), to exact pixels for image models.
+    pub fn destandardize(&self, eps: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
+        let x = each!(self, m => m.destandardize(eps, cond))?;
+        check_finite("decode", &x)?;
+        Ok(x)
+    }
+
+    /// The distribution of standardised latents.
+    pub fn standard(&self) -> Standard {
+        each!(self, m => m.standard())
+    }
+
+    /// Values per level of the latents, the top last.
+    pub fn latent_dims(&self) -> Vec<usize> {
+        match self {
+            Model::Glow(m) => m
+                .latent_shapes()
+                .iter()
+                .map(|s| s.iter().product())
+                .collect(),
+            Model::Realnvp(m) => m
+                .latent_shapes()
+                .iter()
+                .map(|s| s.iter().product())
+                .collect(),
+            Model::Flat(m) => vec![m.dims],
+        }
+    }
+
+    /// Standardised latents drawn from the host generator, one row per key, scaled by
+    /// `temperature` and split into levels.
+    fn draw_standard(
+        &self,
+        seed: u64,
+        keys: &[u64],
+        draw: u64,
+        temperature: f64,
+        levels: &[usize],
+        device: &Device,
+    ) -> Vec<Tensor<2>> {
+        let total = levels.iter().sum();
+        let eps = noise::standard(
+            self.standard(),
+            seed,
+            Purpose::Sample,
+            keys,
+            draw,
+            total,
+            device,
+        ) * temperature;
+        let mut start = 0;
+        levels
+            .iter()
+            .map(|&d| {
+                start += d;
+                eps.clone().narrow(1, start - d, d)
+            })
+            .collect()
     }
 
     /// Latents of every level, `(N, dᵢ)` each, the top last.
@@ -372,26 +450,47 @@ impl Model {
     }
 
     /// Decodes from the top latent alone, the lower levels drawn from their priors at
-    /// `temperature` (0: their means). A flat flow has one level: the plain inverse.
-    pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
+    /// `temperature` (0: their means), keyed by each top row's content and `seed` (the same
+    /// top row always gets the same lower levels). A flat flow has one level: the plain
+    /// inverse.
+    pub fn decode_top(
+        &self,
+        top: &Tensor<2>,
+        temperature: f64,
+        cond: Cond,
+        seed: u64,
+    ) -> Result<Tensor<2>> {
         in_range("temperature", temperature, 0.0..)?;
-        match self {
-            Model::Glow(m) => m.decode_top(top, temperature, cond),
-            Model::Realnvp(m) => m.decode_top(top, temperature, cond),
+        let mut dims = self.latent_dims();
+        dims.pop();
+        let keys: Vec<u64> = crate::flow::to_f32(top)?
+            .chunks(top.dims()[1].max(1))
+            .map(noise::content_key)
+            .collect();
+        let lower = self.draw_standard(seed, &keys, 1, temperature, &dims, &top.device());
+        let x = match self {
+            Model::Glow(m) => m.decode_top(top, &lower, cond),
+            Model::Realnvp(m) => m.decode_top(top, &lower, cond),
             Model::Flat(m) => m.decode(std::slice::from_ref(top), cond),
-        }
+        }?;
+        check_finite("decode", &x)?;
+        Ok(x)
     }
 
-    /// `n` samples at `temperature`.
+    /// One sample per key at `temperature`: sample `i` decodes standardised latents drawn
+    /// from the generator keyed by `(seed, keys[i])` (see [`crate::noise`]), so it is the
+    /// same in any batch and on any device. [`noise::indices`] numbers samples.
     pub fn sample(
         &self,
-        n: usize,
+        seed: u64,
+        keys: &[u64],
         temperature: f64,
         cond: Cond,
         device: &Device,
     ) -> Result<Tensor<2>> {
         in_range("temperature", temperature, 0.0..)?;
-        let x = each!(self, m => m.sample(n, temperature, cond, device))?;
+        let eps = self.draw_standard(seed, keys, 0, temperature, &self.latent_dims(), device);
+        let x = each!(self, m => m.destandardize(&eps, cond))?;
         check_finite("sample", &x)?;
         Ok(x)
     }
@@ -400,16 +499,19 @@ impl Model {
     ///
     /// It runs without autodiff, whatever the device (statistics need no gradients, and a
     /// graph would hold every activation of the batch), and ready for training again after.
-    pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
+    pub fn data_init(self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Self> {
         if x.device().is_autodiff() {
             let cond = cond.map(|c| c.clone().inner());
-            let model = self.valid().data_init(x.inner(), cond.as_ref())?;
+            let noise = noise.map(|u| u.clone().inner());
+            let model = self
+                .valid()
+                .data_init(x.inner(), cond.as_ref(), noise.as_ref())?;
             return Ok(model.train());
         }
         Ok(match self {
-            Model::Glow(m) => Model::Glow(m.data_init(x, cond)?),
-            Model::Realnvp(m) => Model::Realnvp(m.data_init(x, cond)?),
-            Model::Flat(m) => Model::Flat(m.data_init(x, cond)?),
+            Model::Glow(m) => Model::Glow(m.data_init(x, cond, noise)?),
+            Model::Realnvp(m) => Model::Realnvp(m.data_init(x, cond, noise)?),
+            Model::Flat(m) => Model::Flat(m.data_init(x, cond, noise)?),
         })
     }
 }
@@ -485,7 +587,7 @@ mod tests {
             let model = config
                 .init(&dev)
                 .unwrap()
-                .data_init(x.clone(), None)
+                .data_init(x.clone(), None, Some(&noise_like(&x)))
                 .unwrap();
             let model = perturb(model, 0.05, 3);
             let zs = model.encode(x.clone(), None).unwrap();
@@ -498,9 +600,11 @@ mod tests {
             let back = model.decode(&zs, None).unwrap();
             assert_eq!(to_vec(back), to_vec(x.clone()), "{}", config.name());
             // Likelihood finite, samples are valid pixels.
-            let (log_p, _) = model.log_prob(x, None, true).unwrap();
+            let (log_p, _) = model
+                .log_prob(x.clone(), None, Some(&noise_like(&x)))
+                .unwrap();
             assert!(to_vec(log_p).iter().all(|v| v.is_finite()));
-            let s = to_vec(model.sample(4, 0.7, None, &dev).unwrap());
+            let s = to_vec(model.sample(0, &keys(4), 0.7, None, &dev).unwrap());
             assert!(
                 s.iter()
                     .all(|v| (0.0..=255.0).contains(v) && v.fract() == 0.0),
@@ -527,7 +631,7 @@ mod tests {
         });
         let model = config.init(&dev).unwrap();
         let x = pixels(2, 16, &dev);
-        let (log_p, _) = model.log_prob(x.clone(), None, false).unwrap();
+        let (log_p, _) = model.log_prob(x.clone(), None, None).unwrap();
         let got = to_vec(log_p);
         for (i, row) in to_vec(x).chunks(16).enumerate() {
             let by_hand: f64 = row
@@ -563,7 +667,7 @@ mod tests {
         scale.log_scale = scale.log_scale.map(|t| Tensor::from_floats(s, &t.device()));
         flat.flow.layers.push(scale.into());
         let x = pixels(1, 4, &dev);
-        let (log_p, _) = flat.log_prob(x.clone(), None, false).unwrap();
+        let (log_p, _) = flat.log_prob(x.clone(), None, None).unwrap();
         let by_hand: f64 = to_vec(x)
             .iter()
             .zip(s)
@@ -592,12 +696,14 @@ mod tests {
         });
         let model = config.init(&dev).unwrap();
         let x = pixels(2, 16, &dev);
-        let err = model.log_prob(x.clone(), None, true).unwrap_err();
+        let err = model.log_prob(x.clone(), None, None).unwrap_err();
         assert!(err.to_string().contains("labels"), "{err}");
         let y = one_hot(&[0, 2], 3, &dev);
-        let (_, logits) = model.log_prob(x, Some(&y), true).unwrap();
+        let (_, logits) = model
+            .log_prob(x.clone(), Some(&y), Some(&noise_like(&x)))
+            .unwrap();
         assert_eq!(logits.unwrap().dims(), [2, 3]);
-        let s = model.sample(2, 1.0, Some(&y), &dev).unwrap();
+        let s = model.sample(0, &keys(2), 1.0, Some(&y), &dev).unwrap();
         assert_eq!(s.dims(), [2, 16]);
     }
 
@@ -613,7 +719,10 @@ mod tests {
         for config in [configs().swap_remove(0), vector] {
             let model = config.init(&dev).unwrap();
             // A temperature beyond f32's range makes every latent infinite.
-            let err = model.sample(2, 1e300, None, &dev).unwrap_err().to_string();
+            let err = model
+                .sample(0, &keys(2), 1e300, None, &dev)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("NaN or infinite"), "{}: {err}", config.name());
             let zs: Vec<Tensor<2>> = model
                 .encode(Tensor::zeros([1, config.dims()], &dev), None)
@@ -643,14 +752,16 @@ mod tests {
             config
                 .init(&dev)
                 .unwrap()
-                .data_init(x.clone(), None)
+                .data_init(x.clone(), None, Some(&noise_like(&x)))
                 .unwrap(),
             0.1,
             2,
         );
         let zs = model.encode(x.clone(), None).unwrap();
         assert!(max_abs_diff(&model.decode(&zs, None).unwrap(), &x) < 1e-4);
-        let (lp, _) = model.log_prob(x, None, true).unwrap();
+        let (lp, _) = model
+            .log_prob(x.clone(), None, Some(&noise_like(&x)))
+            .unwrap();
         assert!(to_vec(lp).iter().all(|v| v.is_finite()));
     }
 
@@ -669,7 +780,7 @@ mod tests {
             "{err}"
         );
         let model = configs()[0].init(&dev).unwrap();
-        let err = model.log_prob(pixels(1, 20, &dev), None, true).unwrap_err();
+        let err = model.log_prob(pixels(1, 20, &dev), None, None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("expected images of 1×4×4 = 16 values, found"),
@@ -687,10 +798,12 @@ mod tests {
         let fresh = config.init(&dev).unwrap();
         let x = pixels(5, config.dims(), &dev);
         // The same dequantisation noise for both.
-        dev.seed(7);
-        let plain = fresh.clone().data_init(x.clone(), None).unwrap();
-        dev.seed(7);
-        let trained = fresh.train().data_init(x.clone().autodiff(), None).unwrap();
+        let u = noise_like(&x);
+        let plain = fresh.clone().data_init(x.clone(), None, Some(&u)).unwrap();
+        let trained = fresh
+            .train()
+            .data_init(x.clone().autodiff(), None, Some(&u.clone().autodiff()))
+            .unwrap();
         let Model::Glow(glow) = &trained else {
             panic!("glow expected")
         };
@@ -698,8 +811,8 @@ mod tests {
             panic!("ActNorm first")
         };
         assert!(norm.bias.val().is_require_grad() && norm.bias.val().device().is_autodiff());
-        let (a, _) = plain.log_prob(x.clone(), None, false).unwrap();
-        let (b, _) = trained.valid().log_prob(x, None, false).unwrap();
+        let (a, _) = plain.log_prob(x.clone(), None, None).unwrap();
+        let (b, _) = trained.valid().log_prob(x, None, None).unwrap();
         assert!(
             max_abs_diff(&a, &b) < 1e-4,
             "{:?} vs {:?}",
@@ -823,12 +936,15 @@ mod tests {
         let dev = device();
         let model = configs()[0].init(&dev).unwrap();
         for t in [f64::NAN, f64::INFINITY, -1.0] {
-            let err = model.sample(2, t, None, &dev).unwrap_err().to_string();
+            let err = model
+                .sample(0, &keys(2), t, None, &dev)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with("temperature must be a finite number ≥ 0, found"),
                 "{err}"
             );
         }
-        model.sample(2, 0.0, None, &dev).unwrap();
+        model.sample(0, &keys(2), 0.0, None, &dev).unwrap();
     }
 }

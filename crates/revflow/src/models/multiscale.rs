@@ -19,10 +19,12 @@ use crate::distributions::{BaseDistribution, Gaussian, GaussianConfig};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
-    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize, Layer,
-    Logit, Mask, Split, SplitConfig, Squeeze,
+    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize, Latent,
+    Layer, Logit, Mask, Split, SplitConfig, Squeeze,
 };
+use crate::models::Noise;
 use crate::nets::{Conditioner, ConvNet, ConvNetConfig, ResNet, ResNetConfig};
+use crate::noise::Standard;
 
 use super::{GlowConfig, RealNvpConfig};
 
@@ -61,17 +63,18 @@ impl<N: Conditioner<4>> Level<N> {
         }
     }
 
-    /// `(h, z) → x`; a missing `z` is sampled at `temperature`.
-    fn inverse(
-        &self,
-        h: Tensor<4>,
-        z: Option<Tensor<4>>,
-        temperature: f64,
-        cond: Cond,
-    ) -> Result<Tensor<4>> {
-        let h = match &self.split {
-            Some(split) => split.inverse(h, z, temperature)?,
-            None => h,
+    /// `(h, z) → x`; `z` is the split's latent (`None` for a level without a split).
+    fn inverse(&self, h: Tensor<4>, z: Option<Latent>, cond: Cond) -> Result<Tensor<4>> {
+        let h = match (&self.split, z) {
+            (Some(split), Some(z)) => split.inverse(h, z)?,
+            (None, None) => h,
+            _ => {
+                return Err(FlowError::shape(
+                    "decode",
+                    "a latent for every split and none for a level without one",
+                    "another pairing",
+                ))
+            }
         };
         let h = self.after.inverse(h, cond)?;
         let h = if self.squeeze {
@@ -155,16 +158,15 @@ impl<N: Conditioner<4>> MultiScale<N> {
         latent_shapes(self.shape, &self.levels)
     }
 
-    fn dequantize(&self, noise: bool) -> Dequantize {
+    fn dequantize(&self) -> Dequantize {
         Dequantize {
             n_bits: self.n_bits,
             centered: self.logit_alpha.is_none(),
-            noise,
         }
     }
 
     /// Pixels `(N, C·H·W)` → model input `(N, C, H, W)` and the preprocessing log-det.
-    fn preprocess(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<4>, Tensor<1>)> {
+    fn preprocess(&self, x: Tensor<2>, noise: Noise) -> Result<(Tensor<4>, Tensor<1>)> {
         let (x, logdet) = self.dequantize_input(x, noise)?;
         match &self.pixel_norm {
             Some(norm) => {
@@ -176,7 +178,7 @@ impl<N: Conditioner<4>> MultiScale<N> {
     }
 
     /// Dequantisation, and the logit for RealNVP.
-    fn dequantize_input(&self, x: Tensor<2>, noise: bool) -> Result<(Tensor<4>, Tensor<1>)> {
+    fn dequantize_input(&self, x: Tensor<2>, noise: Noise) -> Result<(Tensor<4>, Tensor<1>)> {
         let [n, d] = x.dims();
         let [c, h, w] = self.shape;
         if d != c * h * w {
@@ -186,9 +188,17 @@ impl<N: Conditioner<4>> MultiScale<N> {
                 format!("{d} values per sample"),
             ));
         }
-        let (x, logdet) = self
-            .dequantize(noise)
-            .forward(x.reshape([n, c, h, w]), None)?;
+        let noise = noise.map(|u| u.clone().reshape([u.dims()[0], c, h, w]));
+        let (x, logdet) = match noise {
+            Some(u) if u.dims()[0] != n => {
+                return Err(FlowError::shape(
+                    "dequantization noise",
+                    format!("{n} rows"),
+                    u.dims(),
+                ))
+            }
+            u => self.dequantize().dequantize(x.reshape([n, c, h, w]), u)?,
+        };
         match self.logit_alpha {
             Some(alpha) => {
                 let (x, more) = Logit::new(alpha).forward(x, None)?;
@@ -209,10 +219,7 @@ impl<N: Conditioner<4>> MultiScale<N> {
             None => x,
         };
         let n = x.dims()[0];
-        Ok(self
-            .dequantize(false)
-            .inverse(x, None)?
-            .reshape([n as i64, -1]))
+        Ok(self.dequantize().inverse(x, None)?.reshape([n as i64, -1]))
     }
 
     /// Runs every level: the latents (splits, then top) and the summed log-det + log p(z|h).
@@ -235,7 +242,7 @@ impl<N: Conditioner<4>> MultiScale<N> {
         &self,
         x: Tensor<2>,
         cond: Cond,
-        noise: bool,
+        noise: Noise,
     ) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
         let (x, pre) = self.preprocess(x, noise)?;
         let (zs, logdet) = self.run(x, cond)?;
@@ -253,70 +260,104 @@ impl<N: Conditioner<4>> MultiScale<N> {
     }
 
     pub fn encode(&self, x: Tensor<2>, cond: Cond) -> Result<Vec<Tensor<2>>> {
-        let (x, _) = self.preprocess(x, false)?;
+        let (x, _) = self.preprocess(x, None)?;
         let (zs, _) = self.run(x, cond)?;
         Ok(zs.into_iter().map(flatten).collect())
     }
 
-    /// Inverse from the top latent; `zs` holds each split's latent or `None` to sample it.
-    fn descend(
-        &self,
-        top: Tensor<4>,
-        zs: Vec<Option<Tensor<4>>>,
-        temperature: f64,
-        cond: Cond,
-    ) -> Result<Tensor<2>> {
+    /// Standardised latents of every level, the top last: each split's `(z − μ(h)) / σ(h)`
+    /// and the top's `(z − μ) / σ`. `x ↦ ε` is a bijection with
+    /// `log p(x) = log N(ε; 0, I) + log|det ∂ε/∂x|`, split priors included.
+    pub fn standardize(&self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Vec<Tensor<2>>> {
+        let (mut h, _) = self.preprocess(x, noise)?;
+        let mut eps = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let (kept, z, _) = level.forward(h, cond)?;
+            if let (Some(split), Some(z)) = (&level.split, z) {
+                eps.push(flatten(split.standardize(&kept, z)));
+            }
+            h = kept;
+        }
+        eps.push(flatten(self.top.standardize(h, cond)?));
+        Ok(eps)
+    }
+
+    /// The latents of every level, checked against their shapes: `(N, C, H, W)` each.
+    fn unflatten_all(&self, zs: &[Tensor<2>], what: &'static str) -> Result<Vec<Tensor<4>>> {
+        let shapes = self.latent_shapes();
+        if zs.len() != shapes.len() {
+            return Err(FlowError::shape(
+                what,
+                format!("{} latent levels", shapes.len()),
+                format!("{} levels", zs.len()),
+            ));
+        }
+        zs.iter()
+            .zip(shapes)
+            .map(|(z, shape)| unflatten(z, shape))
+            .collect()
+    }
+
+    /// Inverse from the top latent `z`, given each split's latent (bottom first).
+    fn descend(&self, top: Tensor<4>, zs: Vec<Latent>, cond: Cond) -> Result<Tensor<2>> {
         let mut zs = zs.into_iter().rev();
         let mut h = top;
         for level in self.levels.iter().rev() {
-            let z = if level.split.is_some() {
-                zs.next().flatten()
-            } else {
-                None
+            let z = match level.split {
+                Some(_) => Some(zs.next().ok_or_else(|| {
+                    FlowError::shape("decode", "a latent for every split", "too few")
+                })?),
+                None => None,
             };
-            h = level.inverse(h, z, temperature, cond)?;
+            h = level.inverse(h, z, cond)?;
         }
         self.postprocess(h)
     }
 
     pub fn decode(&self, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
-        let shapes = self.latent_shapes();
-        if zs.len() != shapes.len() {
-            return Err(FlowError::shape(
-                "decode",
-                format!("{} latent levels", shapes.len()),
-                format!("{} levels", zs.len()),
-            ));
-        }
-        let mut levels = zs
-            .iter()
-            .zip(shapes)
-            .map(|(z, shape)| unflatten(z, shape))
-            .collect::<Result<Vec<_>>>()?;
+        let mut levels = self.unflatten_all(zs, "decode")?;
         let top = levels.pop().expect("a top latent");
-        self.descend(top, levels.into_iter().map(Some).collect(), 1.0, cond)
+        self.descend(top, levels.into_iter().map(Latent::Value).collect(), cond)
     }
 
-    /// Decodes from the top latent alone, drawing every lower level from its prior given the
-    /// levels above at `temperature` (0: the prior's mean): what the top level holds by itself.
-    pub fn decode_top(&self, top: &Tensor<2>, temperature: f64, cond: Cond) -> Result<Tensor<2>> {
-        let shape = *self.latent_shapes().last().expect("a top level");
-        self.descend(unflatten(top, shape)?, Vec::new(), temperature, cond)
+    /// Inverse of [`standardize`](Self::standardize).
+    pub fn destandardize(&self, eps: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
+        let mut levels = self.unflatten_all(eps, "destandardize")?;
+        let top = self
+            .top
+            .destandardize(levels.pop().expect("a top latent"), cond)?;
+        self.descend(
+            top,
+            levels.into_iter().map(Latent::Standard).collect(),
+            cond,
+        )
     }
 
-    pub fn sample(
+    /// Decodes the top latent `z` with every lower level given by its standardised latent
+    /// (bottom first; zeros: each prior's mean given the levels above).
+    pub fn decode_top(
         &self,
-        n: usize,
-        temperature: f64,
+        top: &Tensor<2>,
+        lower: &[Tensor<2>],
         cond: Cond,
-        device: &Device,
     ) -> Result<Tensor<2>> {
-        let top = self.top.sample(n, temperature, cond, device)?;
-        self.descend(top, Vec::new(), temperature, cond)
+        let mut all = lower.to_vec();
+        all.push(top.clone());
+        let mut levels = self.unflatten_all(&all, "decode_top")?;
+        let top = levels.pop().expect("a top latent");
+        self.descend(
+            top,
+            levels.into_iter().map(Latent::Standard).collect(),
+            cond,
+        )
     }
 
-    pub fn data_init(self, x: Tensor<2>, cond: Cond) -> Result<Self> {
-        let (mut x, _) = self.dequantize_input(x, true)?;
+    pub fn standard(&self) -> Standard {
+        BaseDistribution::<4>::standard(&self.top)
+    }
+
+    pub fn data_init(self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Self> {
+        let (mut x, _) = self.dequantize_input(x, noise)?;
         let pixel_norm = match self.pixel_norm {
             Some(norm) => {
                 let mut init = None;

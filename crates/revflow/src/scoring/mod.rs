@@ -17,7 +17,6 @@
 //! Training's test evaluation and `revflow eval` are this same code path.
 
 mod output;
-mod pending;
 pub mod picture;
 pub mod report;
 pub mod source;
@@ -33,10 +32,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::error::{FlowError, Result};
 use crate::flow::Cond;
 use crate::models::{bits_per_dim, Model};
+use crate::noise::{self, Purpose};
 use crate::training::one_hot;
 use crate::validate::in_range;
-use pending as noise;
-use pending::Purpose;
 
 /// Which likelihood a class-conditional model gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,9 +234,7 @@ fn log_prob(
     cond: Cond,
     noise: Option<&Tensor<2>>,
 ) -> Result<Tensor<1>> {
-    // TEMPORARY until main's explicit-noise API is merged: bin centres.
-    let _ = noise;
-    Ok(model.log_prob(x, cond, false)?.0)
+    Ok(model.log_prob(x, cond, noise)?.0)
 }
 
 /// log((1/n) Σ exp(vᵢ)), computed stably.

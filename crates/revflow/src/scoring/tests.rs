@@ -94,7 +94,7 @@ fn a_score_is_the_models_log_prob_with_the_same_noise_passed_explicitly() {
     let x = Tensor::<2>::from_data(TensorData::new(rows.values.clone(), [6, 64]), &device);
     let explicit = |draw: u64| -> Vec<f64> {
         let u = noise::uniform(seed, Purpose::Score, &keys, draw, 64, &device);
-        to_vec(log_prob(&model, x.clone(), None, Some(&u)).unwrap())
+        to_vec(model.log_prob(x.clone(), None, Some(&u)).unwrap().0)
             .into_iter()
             .map(f64::from)
             .collect()
@@ -125,7 +125,7 @@ fn a_conditional_model_gives_the_marginal_or_one_class() {
     let x = Tensor::<2>::from_data(TensorData::new(rows.values.clone(), [5, 64]), &device);
     let given = |y: usize| -> Vec<f64> {
         let cond = one_hot(std::iter::repeat_n(y, 5), 3, &device);
-        to_vec(log_prob(&model, x.clone(), Some(&cond), Some(&u)).unwrap())
+        to_vec(model.log_prob(x.clone(), Some(&cond), Some(&u)).unwrap().0)
             .into_iter()
             .map(f64::from)
             .collect()
@@ -200,7 +200,7 @@ fn vector_models_are_scored_without_noise() {
         classes: vec![None; 2],
     };
     let x = Tensor::<2>::from_data(TensorData::new(rows.values.clone(), [2, 3]), &device);
-    let by_model: Vec<f64> = to_vec(log_prob(&model, x, None, None).unwrap())
+    let by_model: Vec<f64> = to_vec(model.log_prob(x, None, None).unwrap().0)
         .into_iter()
         .map(f64::from)
         .collect();

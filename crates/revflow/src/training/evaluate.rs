@@ -18,8 +18,9 @@ pub struct Evaluation {
 
 /// Evaluates `model` (an inference copy) on all of `data` (of `dims` values per input), in
 /// batches: the scoring core ([`crate::scoring`]) with each input's own label for a
-/// class-conditional model. The dequantisation noise of each input is seeded by `seed` and its
-/// content, so the same checkpoint always gives the same numbers, whatever the batch size.
+/// class-conditional model. Each input's dequantisation noise is keyed by its content and
+/// `seed` (see [`crate::noise`]), so the same checkpoint always gives the same numbers,
+/// whatever the batch size or device.
 pub fn evaluate(
     model: &Model,
     data: &Data,

@@ -2,8 +2,9 @@
 //! data-dependent initialisation on the first batch, periodic test evaluation, sample grids,
 //! JSONL metrics, and checkpoints from which an interrupted run resumes exactly.
 //!
-//! Every source of randomness (batch order, dequantisation noise, sampling) is seeded from the
-//! run's seed and the step number, so a resumed run follows the loss curve it would have had.
+//! Every source of randomness (batch order, dequantisation noise, sampling) is keyed by the
+//! run's seed and the step number (noise is drawn on the host, see [`crate::noise`]), so a
+//! resumed run follows the loss curve it would have had, on any device.
 
 mod batches;
 mod checkpoint;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Data, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
+use crate::noise::{self, Purpose};
 use batches::mix;
 
 /// Optimisation settings.
@@ -166,7 +168,8 @@ impl Run<'_> {
             let n = self.data.train.len().min(tc.init_samples.max(2));
             let idx = batch_indices(self.data.train.len(), n, 0, mix(tc.seed, 1));
             let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
-            (for_training(model.data_init(x, y.as_ref())?), 0)
+            let u = self.noise(Purpose::Init, idx.len(), 0, &device);
+            (for_training(model.data_init(x, y.as_ref(), u.as_ref())?), 0)
         };
         let mut metrics = Metrics::open(&self.dir, start)?;
         on_event(Event::Started {
@@ -177,10 +180,10 @@ impl Run<'_> {
 
         let mut last_test = None;
         for step in start..tc.steps {
-            device.seed(mix(tc.seed, 1_000_000 + step as u64));
             let idx = batch_indices(self.data.train.len(), tc.batch_size, step, tc.seed);
             let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
-            let (log_p, logits) = model.log_prob(x, y.as_ref(), true)?;
+            let u = self.noise(Purpose::Train, idx.len(), step as u64, &device);
+            let (log_p, logits) = model.log_prob(x, y.as_ref(), u.as_ref())?;
             let bpd = log_p.neg().mean() / (self.dims() as f64 * std::f64::consts::LN_2);
             let loss = match (logits, &y, &self.config.model) {
                 (Some(logits), Some(y), ModelConfig::Glow(g)) => {
@@ -266,6 +269,21 @@ impl Run<'_> {
             test,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Dequantisation noise for image models, row `i` keyed by its position in the batch
+    /// and `draw` (the step): the same on resume, on any device.
+    fn noise(&self, purpose: Purpose, n: usize, draw: u64, device: &Device) -> Option<Tensor<2>> {
+        self.config.model.image_shape()?;
+        let keys = noise::indices(0, n);
+        Some(noise::uniform(
+            self.config.train.seed,
+            purpose,
+            &keys,
+            draw,
+            self.dims(),
+            device,
+        ))
     }
 
     fn save(

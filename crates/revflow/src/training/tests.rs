@@ -476,7 +476,13 @@ fn fresh_and_loaded_models_train_the_same_parameters_under_the_same_ids() {
         let built = seen(&config.init(&device).unwrap());
         let idx: Vec<usize> = (0..8).collect();
         let (x, _) = rows(&data.train, &idx, 0, &device);
-        let fresh = for_training(config.init(&device).unwrap().data_init(x, None).unwrap());
+        let fresh = for_training(
+            config
+                .init(&device)
+                .unwrap()
+                .data_init(x, None, None)
+                .unwrap(),
+        );
         let path = tmp.0.join(format!("{name}.safetensors"));
         crate::weights::save(&fresh, &path).unwrap();
         let loaded =
