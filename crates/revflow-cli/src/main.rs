@@ -2,6 +2,7 @@
 //! leave here as one line on stderr with exit code 2.
 
 mod figures;
+mod score;
 mod train;
 mod use_model;
 
@@ -42,6 +43,9 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Bits/dim (and nats) of a trained run on its test or training split.
     Eval(use_model::EvalArgs),
+    /// Per-input bits/dim of any data under a trained run; --against compares two sets (AUROC,
+    /// typicality test, histogram).
+    Score(Box<score::ScoreArgs>),
     /// Draw samples: an image grid, or a scatter plot and CSV for vectors.
     Sample(use_model::SampleArgs),
     /// Encode inputs to their latents (every level) in a file.
@@ -245,6 +249,7 @@ fn run(command: Command) -> Result<Report, FlowError> {
     match command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => use_model::eval(args),
+        Command::Score(args) => score::run(*args),
         Command::Sample(args) => use_model::sample(args),
         Command::Encode(args) => use_model::encode(args),
         Command::Decode(args) => use_model::decode(args),

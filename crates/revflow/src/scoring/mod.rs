@@ -350,6 +350,32 @@ pub fn score(
     })
 }
 
+/// [`score`], with every input's line written to a CSV at `csv` (see [`ScoreCsv`]), which
+/// appears there once every input is scored.
+pub fn score_into(
+    scorer: &Scorer,
+    inputs: &mut Inputs,
+    csv: Option<&std::path::Path>,
+    keep: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Scores> {
+    let mut out = csv.map(ScoreCsv::create).transpose()?;
+    let scores = score(
+        scorer,
+        inputs,
+        keep,
+        &mut |s| match &mut out {
+            Some(out) => out.write(s),
+            None => Ok(()),
+        },
+        progress,
+    )?;
+    if let Some(out) = out {
+        out.commit()?;
+    }
+    Ok(scores)
+}
+
 /// Keeps `scored` among the `keep` best by `better` (a strict order on bits/dim), in order.
 fn offer(kept: &mut Vec<Kept>, keep: usize, scored: &Scored, better: fn(f64, f64) -> bool) {
     let b = scored.bits_per_dim;
