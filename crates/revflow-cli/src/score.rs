@@ -95,10 +95,12 @@ pub fn run(args: ScoreArgs) -> Result<Report> {
     in_range("--train-reference", args.train_reference, 1..)?;
     let run = open(&args.run)?;
     let class = match &args.class {
-        Some(name) if run.classes() == 0 => return Err(FlowError::Config(format!(
+        Some(name) if run.classes() == 0 => {
+            return Err(FlowError::Config(format!(
             "--class {name}: needs a class-conditional run (trained with --ycond); {} is not one",
             args.run.display()
-        ))),
+        )))
+        }
         Some(name) => ClassMode::Given(run.class(name)?),
         None => ClassMode::Marginal,
     };
