@@ -103,6 +103,37 @@ pub fn comparison(
     })
 }
 
+/// The x axis of the histogram: bits/dim as they are, or their logarithm when the sets lie
+/// orders of magnitude apart (out-of-distribution images often score 100 times worse).
+#[derive(Clone, Copy)]
+struct Axis {
+    log: bool,
+}
+
+impl Axis {
+    fn new(lo: f64, hi: f64) -> Self {
+        Axis {
+            log: lo > 0.0 && hi / lo > 20.0,
+        }
+    }
+
+    fn to(self, v: f64) -> f64 {
+        if self.log {
+            v.log10()
+        } else {
+            v
+        }
+    }
+
+    fn from(self, t: f64) -> f64 {
+        if self.log {
+            10f64.powf(t)
+        } else {
+            t
+        }
+    }
+}
+
 fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) -> Drawn {
     let all = first
         .scores
@@ -111,11 +142,20 @@ fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) 
         .chain(&other.scores.bits_per_dim)
         .copied();
     let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let axis = Axis::new(lo, hi);
+    let (lo, hi) = (axis.to(lo), axis.to(hi));
     let pad = ((hi - lo) * 0.04).max(1e-3);
     let (lo, hi) = (lo - pad, hi + pad);
-    let bins = 60;
-    let first_bins = plot::histogram(&first.scores.bits_per_dim, lo, hi, bins);
-    let other_bins = plot::histogram(&other.scores.bits_per_dim, lo, hi, bins);
+    let bins = 80;
+    // The share of each set in each bin (of equal width on the axis drawn).
+    let shares = |scores: &Scores| -> Vec<(f64, f64, f64)> {
+        let t: Vec<f64> = scores.bits_per_dim.iter().map(|&v| axis.to(v)).collect();
+        plot::histogram(&t, lo, hi, bins)
+            .into_iter()
+            .map(|(l, r, density)| (l, r, density * (r - l)))
+            .collect()
+    };
+    let (first_bins, other_bins) = (shares(first.scores), shares(other.scores));
     let top = first_bins
         .iter()
         .chain(&other_bins)
@@ -140,10 +180,23 @@ fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) 
         .x_label_area_size(42)
         .y_label_area_size(60)
         .build_cartesian_2d(lo..hi, 0.0..top.max(1e-9))?;
+    let x_desc = match axis.log {
+        true => "bits/dim, logarithmic axis (lower: more likely under the model)",
+        false => "bits/dim (lower: more likely under the model)",
+    };
+    let x_label = |t: &f64| {
+        let v = axis.from(*t);
+        match v.abs() {
+            a if a >= 100.0 => format!("{v:.0}"),
+            a if a >= 10.0 => format!("{v:.1}"),
+            _ => format!("{v:.2}"),
+        }
+    };
     chart
         .configure_mesh()
-        .x_desc("bits/dim (lower: more likely under the model)")
-        .y_desc("density")
+        .x_desc(x_desc)
+        .y_desc("share of the set per bin")
+        .x_label_formatter(&x_label)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
         .draw()?;
@@ -166,9 +219,10 @@ fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) 
                 Rectangle::new([(x, y - 5), (x + 18, y + 5)], colour.mix(0.45).filled())
             });
     }
+    let vertical = |v: f64| vec![(axis.to(v), 0.0), (axis.to(v), top)];
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(q95, 0.0), (q95, top)],
+            vertical(q95),
             BLACK.mix(0.6).stroke_width(2),
         )))?
         .label(format!("95th percentile of {}: {q95:.3}", first.name))
@@ -177,7 +231,7 @@ fn histogram(area: &plot::Area, first: &Named, other: &Named, cmp: &Comparison) 
         });
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(t.train_mean, 0.0), (t.train_mean, top)],
+            vertical(t.train_mean),
             PALETTE[2].stroke_width(2),
         )))?
         .label(format!(
@@ -250,6 +304,20 @@ mod tests {
         // The least likely strip of `other` holds its white images.
         let white = picture.pixels().filter(|p| p.0 == [255, 255, 255]).count();
         assert!(white > 0);
+        // Sets orders of magnitude apart: a logarithmic axis, both still drawn.
+        let far = scores(200.0, 255.0);
+        let other = Named {
+            name: "far",
+            scores: &far,
+        };
+        let picture = comparison(&first, &other, &cmp, None).unwrap();
+        for colour in [PALETTE[0], PALETTE[1]] {
+            let count = picture.pixels().filter(|p| near(p, colour)).count();
+            assert!(count > 500, "{count} pixels of {colour:?}");
+        }
+        assert!(
+            Axis::new(2.0, 300.0).log && !Axis::new(2.0, 30.0).log && !Axis::new(-1.0, 300.0).log
+        );
         // Vectors: the histogram alone.
         let picture = comparison(&first, &other, &cmp, None).unwrap();
         assert_eq!(picture.height(), CHART + 8);
