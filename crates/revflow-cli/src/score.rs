@@ -18,30 +18,8 @@ use serde_json::json;
 use crate::use_model::{open, Loaded};
 use crate::Report;
 
-/// Score inputs by their exact likelihood under a trained run: bits/dim (and nats) per input.
-///
-/// INPUTS (and --against) are any of:
-///   test, train              the run's own test or training split (test:N, test:A..B for rows)
-///   mnist:test, fashion-mnist:train, cifar10:test
-///                            a public set's files in --data-dir (the split named explicitly)
-///   idx:FILE                 an IDX images file, raw or .gz
-///   images:FOLDER, FOLDER    PNG/JPEG images (sub-folders are classes)
-///   FILE.png                 one image
-///   csv:FILE                 numeric vectors (for vector runs)
-///   invert:INPUT             the images of INPUT with every value v as 255 − v
-///
-/// Images are resized or converted only when asked (--resize, --grayscale, --rgb); an input of
-/// another shape is refused with one line naming it. Writes OUT/scores.csv
-/// (input,label,nats,bits_per_dim); with --against also OUT/against.csv and
-/// OUT/comparison.png, and prints the AUROC of telling the two sets apart by bits/dim, the
-/// fraction of the other set above the first set's 95th percentile, and the typicality test
-/// (Nalisnick et al. 2019), since plain likelihood ranks some out-of-distribution sets as
-/// more likely than the training data.
-///
-/// A score does not depend on the batch size or the order of the inputs: each input's
-/// dequantisation noise is keyed by the run's seed and the input's content.
+/// The options of `revflow score` (its help is on the subcommand, in main.rs).
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
 pub struct ScoreArgs {
     /// Run directory (from `revflow train --out`).
     pub run: PathBuf,
@@ -238,14 +216,17 @@ fn scored(scorer: &Scorer, inputs: &mut Inputs, csv: &Path, keep: usize) -> Resu
     let bar = (std::io::stderr().is_terminal() && total.is_none_or(|n| n > 1000)).then(|| {
         let bar = ProgressBar::new(total.unwrap_or(0) as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} inputs {per_sec} ETA {eta}")
+            ProgressStyle::with_template("{bar:30} {pos}/{len} inputs, {msg}, ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     });
+    let started = std::time::Instant::now();
     let scores = score_into(scorer, inputs, Some(csv), keep, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done as u64);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{rate:.0} inputs/s"));
         }
     });
     if let Some(bar) = &bar {
