@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{digits_as_idx, fails, json, ok, refused, revflow, temp};
+use common::{digits_as_idx, fails, json, ok, refused, revflow, temp, tiny_glow_with, TINY_GLOW};
 
 /// Every value of `key` in a run's metrics.jsonl, in order.
 fn metric(run: &Path, key: &str) -> Vec<f64> {
@@ -15,19 +15,6 @@ fn metric(run: &Path, key: &str) -> Vec<f64> {
         .filter_map(|l| json(l)[key].as_f64())
         .collect()
 }
-
-const TINY_GLOW: &[&str] = &[
-    "--levels",
-    "2",
-    "--depth",
-    "2",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "32",
-    "--n-bits",
-    "8",
-];
 
 fn pixels(path: &Path) -> Vec<u8> {
     image::open(path).unwrap().to_luma8().into_raw()
@@ -357,18 +344,6 @@ fn bad_input_is_one_clear_line_with_exit_code_2() {
     assert!(state.contains("\"step\""));
     ok(&["eval", "nan"], &dir);
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// [`TINY_GLOW`] with `extra` options, which replace its own of the same name.
-fn tiny_glow_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let given = |key: &str| extra.iter().any(|e| e.split('=').next() == Some(key));
-    TINY_GLOW
-        .chunks(2)
-        .filter(|pair| !given(pair[0]))
-        .flatten()
-        .chain(extra)
-        .copied()
-        .collect()
 }
 
 #[test]

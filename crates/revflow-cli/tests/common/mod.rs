@@ -82,3 +82,29 @@ pub fn digits_as_idx(dir: &Path) {
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
     }
 }
+
+/// A Glow small enough to train in seconds on the digits.
+pub const TINY_GLOW: &[&str] = &[
+    "--levels",
+    "2",
+    "--depth",
+    "2",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "32",
+    "--n-bits",
+    "8",
+];
+
+/// [`TINY_GLOW`] with `extra` options, which replace its own of the same name.
+pub fn tiny_glow_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let given = |key: &str| extra.iter().any(|e| e.split('=').next() == Some(key));
+    TINY_GLOW
+        .chunks(2)
+        .filter(|pair| !given(pair[0]))
+        .flatten()
+        .chain(extra)
+        .copied()
+        .collect()
+}

@@ -55,32 +55,20 @@ pub fn comparison(
                 }
                 _ => "none".to_string(),
             };
-            [first, other]
-                .iter()
-                .flat_map(|set| {
-                    let s = set.scores;
-                    [
-                        (
-                            format!(
-                                "{}: the {} most likely ({})",
-                                set.name,
-                                s.most_likely.len(),
-                                range(&s.most_likely)
-                            ),
-                            strip(&s.most_likely),
-                        ),
-                        (
-                            format!(
-                                "{}: the {} least likely ({})",
-                                set.name,
-                                s.least_likely.len(),
-                                range(&s.least_likely)
-                            ),
-                            strip(&s.least_likely),
-                        ),
-                    ]
-                })
-                .collect()
+            let mut strips = Vec::new();
+            for set in [first, other] {
+                let s = set.scores;
+                for (which, kept) in [("most", &s.most_likely), ("least", &s.least_likely)] {
+                    let caption = format!(
+                        "{}: the {} {which} likely ({})",
+                        set.name,
+                        kept.len(),
+                        range(kept)
+                    );
+                    strips.push((caption, strip(kept)));
+                }
+            }
+            strips
         }
         None => Vec::new(),
     };
