@@ -2,6 +2,7 @@
 //! leave here as one line on stderr with exit code 2.
 
 mod figures;
+mod ranks;
 mod score;
 mod train;
 mod use_model;
@@ -12,6 +13,8 @@ use clap::{Parser, Subcommand};
 use revflow::device::Backend;
 use revflow::validate::in_range;
 use revflow::FlowError;
+
+use ranks::Ranks;
 
 /// Reversible (flow-based) generative models: NICE, RealNVP and Glow.
 ///
@@ -91,6 +94,26 @@ enum Command {
     /// Time Glow's training step, likelihood evaluation and sampling (see bench/ for the
     /// side-by-side comparison with PyTorch).
     Bench(BenchArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Train(_) => "train",
+            Command::Eval(_) => "eval",
+            Command::Score(_) => "score",
+            Command::Sample(_) => "sample",
+            Command::Encode(_) => "encode",
+            Command::Decode(_) => "decode",
+            Command::Interpolate(_) => "interpolate",
+            Command::Manipulate(_) => "manipulate",
+            Command::Data { .. } => "data",
+            Command::Layers => "layers",
+            Command::Figures(_) => "figures",
+            Command::Bench(_) => "bench",
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,9 +290,13 @@ const LAYERS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn run(command: Command) -> Result<Report, FlowError> {
+fn run(command: Command, ranks: &Ranks) -> Result<Report, FlowError> {
+    match &command {
+        Command::Train(_) | Command::Eval(_) => {}
+        other => ranks.alone(other.name())?,
+    }
     match command {
-        Command::Train(args) => train::run(*args),
+        Command::Train(args) => train::run(*args, ranks),
         Command::Eval(args) => use_model::eval(args),
         Command::Score(args) => score::run(*args),
         Command::Sample(args) => use_model::sample(args),
@@ -329,21 +356,18 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
-    match run(cli.command) {
+    let ranks = Ranks::start();
+    match run(cli.command, &ranks) {
         Ok(report) => {
-            match cli.json {
-                true => println!("{}", report.json),
-                false => println!("{}", report.human),
+            match (ranks.leads(), cli.json) {
+                (false, _) => {}
+                (true, true) => println!("{}", report.json),
+                (true, false) => println!("{}", report.human),
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("revflow: {e}");
-            // Stopped by Ctrl-C / SIGTERM at a checkpoint: the shell's code for an interrupt.
-            match e {
-                FlowError::Interrupted { .. } => ExitCode::from(130),
-                _ => ExitCode::from(2),
-            }
-        }
+        // One line; 130 (the shell's code for an interrupt) when stopped by Ctrl-C or
+        // SIGTERM at a checkpoint.
+        Err(e) => ranks.fail(e),
     }
 }

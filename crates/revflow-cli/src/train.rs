@@ -17,6 +17,7 @@ use revflow::training::{
 use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::ranks::Ranks;
 use crate::use_model::draw_samples;
 use crate::Report;
 
@@ -430,7 +431,7 @@ pub(crate) fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> 
 }
 
 /// Loads the data a run was (or will be) trained on.
-pub fn run(args: TrainArgs) -> Result<Report> {
+pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
     let (config, dir) = if args.resume {
         let out = args
             .out
@@ -478,13 +479,19 @@ pub fn run(args: TrainArgs) -> Result<Report> {
     };
     config.validate().map_err(for_options)?;
     let splits = config.load_data()?;
-    eprintln!(
-        "revflow: training {} on {} ({}) into {}",
-        config.model.name(),
-        config.data,
-        splits.description,
-        dir.root.display()
-    );
+    let ranks_note = match ranks.group() {
+        Some(g) => format!(" on {} ranks", g.size()),
+        None => String::new(),
+    };
+    if ranks.leads() {
+        eprintln!(
+            "revflow: training {} on {} ({}) into {}{ranks_note}",
+            config.model.name(),
+            config.data,
+            splits.description,
+            dir.root.display()
+        );
+    }
     let samples_dir = dir.samples();
     let draw = |model: &Model, step: usize| -> Result<()> {
         draw_samples(
@@ -502,10 +509,15 @@ pub fn run(args: TrainArgs) -> Result<Report> {
         dir: dir.clone(),
         draw_samples: Some(&draw),
         stop: Some(&stop),
+        group: ranks.group(),
     };
     let mut progress = Progress::new();
     let summary = run
-        .train(args.resume, &mut |event| progress.show(event))
+        .train(args.resume, &mut |event| {
+            if ranks.leads() {
+                progress.show(event)
+            }
+        })
         .map_err(for_options)?;
     progress.finish();
     // Training is over: from here a first Ctrl-C ends the process at once, as usual.

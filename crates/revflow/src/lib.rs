@@ -36,6 +36,7 @@ mod linalg;
 pub mod models;
 pub mod nets;
 pub mod noise;
+pub mod parallel;
 pub mod pictures;
 mod rng;
 pub mod scoring;

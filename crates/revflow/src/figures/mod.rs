@@ -248,6 +248,7 @@ fn trained(
             dir: RunDir::new(&dir.root),
             draw_samples: None,
             stop: None,
+            group: None,
         };
         run.train(false, &mut |_| {})?.test.bits_per_dim
     };

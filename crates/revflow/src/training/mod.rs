@@ -34,6 +34,7 @@ use crate::data::{Data, Splits};
 use crate::error::{FlowError, Result};
 use crate::models::{Model, ModelConfig};
 use crate::noise::{self, Purpose};
+use crate::parallel::{self, Group, Single};
 use batches::mix;
 
 /// Optimisation settings.
@@ -122,6 +123,9 @@ pub struct Run<'a> {
     /// Set (by a signal handler, a server's cancel button) to stop after the current step:
     /// training then saves a checkpoint and returns [`FlowError::Interrupted`].
     pub stop: Option<&'a AtomicBool>,
+    /// The ranks sharing this run (data parallelism, see [`crate::parallel`]); `None`: one
+    /// process. Rank 0 alone writes the run's files and draws samples.
+    pub group: Option<&'a dyn Group>,
 }
 
 impl Run<'_> {
@@ -133,12 +137,23 @@ impl Run<'_> {
         self.config.model.classes()
     }
 
+    fn group(&self) -> &dyn Group {
+        self.group.unwrap_or(&Single)
+    }
+
+    /// Rank 0 (or the only process): the one that writes files.
+    fn leads(&self) -> bool {
+        self.group().rank() == 0
+    }
+
     /// Starts a new run (`resume = false`) or continues the one in `dir`.
     pub fn train(&self, resume: bool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
         let started = Instant::now();
         let device = Device::flex().autodiff();
         let tc = &self.config.train;
+        let (group, lead) = (self.group(), self.leads());
         self.config.validate()?;
+        check_parallel(&self.config, group.size())?;
         check_data(&self.config.model, &self.data.train, "training")?;
         check_data(&self.config.model, &self.data.test, "test")?;
         crate::limits::check_training(&self.config.model, tc.batch_size)?;
@@ -151,27 +166,39 @@ impl Run<'_> {
         // Checked before the lock too, so that a folder that is no run is left untouched.
         match resume {
             true => self.dir.read_config().map(drop)?,
-            false => self.dir.check_fresh()?,
+            false if lead => self.dir.check_fresh()?,
+            false => {}
         }
-        let _lock = self.dir.lock()?;
-        let (mut model, start) = if resume {
+        let _lock = match lead {
+            true => Some(self.dir.lock()?),
+            false => None,
+        };
+        let (model, start) = if resume {
             let state = check_resume(&self.dir, &self.config)?;
             let model = for_training(self.dir.load_model(&self.config, &device)?);
             optimizer = self.dir.load_optimizer(optimizer, &model)?;
             (model, state.step)
         } else {
-            self.dir.check_fresh()?;
-            self.dir.write_config(&self.config)?;
-            let _ = std::fs::remove_file(self.dir.metrics());
+            if lead {
+                self.dir.check_fresh()?;
+                self.dir.write_config(&self.config)?;
+                let _ = std::fs::remove_file(self.dir.metrics());
+            }
+            // Every rank initialises on the whole first batch; rank 0's result is then
+            // broadcast, so that all start from the same parameters whatever their CPUs.
             device.seed(tc.seed);
             let model = self.config.model.init(&device)?;
             let n = self.data.train.len().min(tc.init_samples.max(2));
             let idx = batch_indices(self.data.train.len(), n, 0, mix(tc.seed, 1));
             let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
-            let u = self.noise(Purpose::Init, idx.len(), 0, &device);
+            let u = self.noise(Purpose::Init, 0..idx.len(), 0, &device);
             (for_training(model.data_init(x, y.as_ref(), u.as_ref())?), 0)
         };
-        let mut metrics = Metrics::open(&self.dir, start)?;
+        let mut model = parallel::broadcast_parameters(model, group)?;
+        let mut metrics = match lead {
+            true => Some(Metrics::open(&self.dir, start)?),
+            false => None,
+        };
         on_event(Event::Started {
             step: start,
             steps: tc.steps,
@@ -180,19 +207,30 @@ impl Run<'_> {
 
         let mut last_test = None;
         for step in start..tc.steps {
-            let idx = batch_indices(self.data.train.len(), tc.batch_size, step, tc.seed);
-            let (x, y) = rows(&self.data.train, &idx, self.classes(), &device);
-            let u = self.noise(Purpose::Train, idx.len(), step as u64, &device);
+            // This rank's shard of the global batch; noise keyed by global position.
+            let all = batch_indices(self.data.train.len(), tc.batch_size, step, tc.seed);
+            let part = parallel::shard(all.len(), group);
+            let idx = &all[part.clone()];
+            let (x, y) = rows(&self.data.train, idx, self.classes(), &device);
+            let u = self.noise(Purpose::Train, part.clone(), step as u64, &device);
             let (log_p, logits) = model.log_prob(x, y.as_ref(), u.as_ref())?;
-            let bpd = log_p.neg().mean() / (self.dims() as f64 * std::f64::consts::LN_2);
+            // Sums over the shard divided by the global batch size: the ranks' losses add up
+            // to the batch's mean, and so do their gradients.
+            let share = |t: Tensor<1>| t.sum() / tc.batch_size as f64;
+            let bpd = share(log_p.neg()) / (self.dims() as f64 * std::f64::consts::LN_2);
             let loss = match (logits, &y, &self.config.model) {
                 (Some(logits), Some(y), ModelConfig::Glow(g)) => {
-                    let ce = (log_softmax(logits, 1) * y.clone()).sum_dim(1).neg().mean();
+                    let ce = (log_softmax(logits, 1) * y.clone()).sum_dim(1).neg();
+                    let ce = share(ce.reshape([idx.len()]));
                     bpd.clone() + ce * g.class_weight
                 }
                 _ => bpd.clone(),
             };
-            let (loss_value, bpd_value) = (scalar(&loss), scalar(&bpd));
+            let stopping = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            // One small all-reduce: the global loss, and whether any rank was asked to stop.
+            let mut reduced = [scalar(&loss), scalar(&bpd), f64::from(u8::from(stopping))];
+            group.sum_f64(&mut reduced);
+            let [loss_value, bpd_value, stops] = reduced;
             if !loss_value.is_finite() {
                 // Numbered like metrics.jsonl, whose line `step + 1` would have held this loss.
                 let kept = match (self.dir.current_checkpoint(), self.dir.load_state()) {
@@ -220,12 +258,19 @@ impl Run<'_> {
             }
             let lr = tc.lr * ((step + 1) as f64 / tc.warmup.max(1) as f64).min(1.0);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
+            // Clipping (in the optimiser) then sees the whole batch's gradient.
+            let grads = parallel::sum_gradients(&model, grads, group)?;
             model = optimizer.step(lr, model, grads);
             let done = step + 1;
-            metrics.write(&serde_json::json!({
-                "step": done, "loss": loss_value, "bits_per_dim": bpd_value, "lr": lr,
-                "seconds": started.elapsed().as_secs_f64(),
-            }))?;
+            if done % CHECK_EVERY == 0 {
+                parallel::check_same_parameters(&model, group, done)?;
+            }
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&serde_json::json!({
+                    "step": done, "loss": loss_value, "bits_per_dim": bpd_value, "lr": lr,
+                    "seconds": started.elapsed().as_secs_f64(),
+                }))?;
+            }
             on_event(Event::Step {
                 step: done,
                 loss: loss_value,
@@ -236,10 +281,12 @@ impl Run<'_> {
             let last = done == tc.steps;
             if done % tc.eval_every.max(1) == 0 || last {
                 let test = self.evaluate(&model.valid())?;
-                metrics.write(&serde_json::json!({
-                    "step": done, "test_bits_per_dim": test.bits_per_dim, "test_nats": test.nats,
-                }))?;
-                if let Some(draw) = self.draw_samples {
+                if let Some(metrics) = &mut metrics {
+                    metrics.write(&serde_json::json!({
+                        "step": done, "test_bits_per_dim": test.bits_per_dim, "test_nats": test.nats,
+                    }))?;
+                }
+                if let (Some(draw), true) = (self.draw_samples, lead) {
                     draw(&model.valid(), done)?;
                 }
                 on_event(Event::Evaluated {
@@ -248,7 +295,7 @@ impl Run<'_> {
                 });
                 last_test = Some(test);
             }
-            let stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            let stop = stops > 0.0;
             if last || stop {
                 self.save(&model, &optimizer, done, &last_test, on_event)?;
             }
@@ -271,11 +318,18 @@ impl Run<'_> {
         })
     }
 
-    /// Dequantisation noise for image models, row `i` keyed by its position in the batch
-    /// and `draw` (the step): the same on resume, on any device.
-    fn noise(&self, purpose: Purpose, n: usize, draw: u64, device: &Device) -> Option<Tensor<2>> {
+    /// Dequantisation noise for image models, the row at each position of the global batch
+    /// keyed by that position and `draw` (the step): the same on resume, on any device, with
+    /// any number of ranks.
+    fn noise(
+        &self,
+        purpose: Purpose,
+        positions: std::ops::Range<usize>,
+        draw: u64,
+        device: &Device,
+    ) -> Option<Tensor<2>> {
         self.config.model.image_shape()?;
-        let keys = noise::indices(0, n);
+        let keys = noise::indices(positions.start as u64, positions.len());
         Some(noise::uniform(
             self.config.train.seed,
             purpose,
@@ -294,6 +348,9 @@ impl Run<'_> {
         last_test: &Option<Evaluation>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<()> {
+        if !self.leads() {
+            return Ok(());
+        }
         let state = TrainState {
             step,
             test_bits_per_dim: last_test.as_ref().map(|t| t.bits_per_dim),
@@ -339,8 +396,30 @@ pub(crate) fn for_training(model: Model) -> Model {
     model.train().map(&mut Ids(0))
 }
 
-/// Batch size of test evaluations (its noise is seeded per batch).
+/// Batch size of test evaluations.
 pub const EVAL_BATCH: usize = 256;
+
+/// Steps between checks that every rank holds the same parameters.
+const CHECK_EVERY: usize = 100;
+
+/// What data-parallel training cannot do, refused with one line before anything is written.
+fn check_parallel(config: &RunConfig, ranks: usize) -> Result<()> {
+    if ranks <= 1 {
+        return Ok(());
+    }
+    if let ModelConfig::Realnvp(_) = config.model {
+        return Err(FlowError::Config(format!(
+            "RealNVP's batch-normalisation layers use each batch's statistics, which differ between the {ranks} ranks' shards; train RealNVP in one process"
+        )));
+    }
+    if config.train.batch_size < ranks {
+        return Err(FlowError::Config(format!(
+            "--batch-size {} is smaller than the {ranks} ranks; each rank needs at least one sample",
+            config.train.batch_size
+        )));
+    }
+    Ok(())
+}
 
 fn scalar(t: &Tensor<1>) -> f64 {
     t.clone().into_scalar::<f32>() as f64

@@ -132,6 +132,7 @@ fn train(config: RunConfig, data: &Splits, dir: &RunDir, resume: bool) -> Result
         dir: dir.clone(),
         draw_samples: None,
         stop: None,
+        group: None,
     }
     .train(resume, &mut |_| {})
 }
@@ -374,6 +375,7 @@ fn resuming_reproduces_the_loss_curve() {
                 dir: c.clone(),
                 draw_samples: None,
                 stop: None,
+                group: None,
             }
             .train(false, &mut |e| {
                 if let Event::Step { step: 17, .. } = e {
@@ -534,6 +536,7 @@ fn a_run_directory_holds_a_complete_checkpoint() {
             dir: dir.clone(),
             draw_samples: Some(&hook),
             stop: None,
+            group: None,
         }
         .train(false, &mut |e| events.push(e))
         .unwrap();
