@@ -526,7 +526,10 @@ impl<'a> Source<'a> {
                     resize: ((h, w) != (eh, ew)).then_some((ew as u32, eh as u32)),
                     channels: (c != ec).then_some(ec),
                 };
-                format!("; pass {}", needed.options())
+                match needed.is_none() {
+                    true => format!("; it fits as it is: leave out {}", self.convert.options()),
+                    false => format!("; pass {}", needed.options()),
+                }
             }
             _ => String::new(),
         };

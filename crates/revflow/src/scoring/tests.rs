@@ -364,6 +364,16 @@ fn every_source_kind_reads_and_a_shape_that_does_not_fit_is_named() {
         "{:?}",
         rows.row(0)
     );
+    // A conversion that the input does not need.
+    let needless = Context::new(&run).convert(Convert {
+        resize: Some((4, 4)),
+        channels: None,
+    });
+    let e = read(&needless, "test:0").unwrap_err().to_string();
+    assert!(
+        e.contains("test:0: is 8×8 with 1 channel(s) (4×4 with 1 channel(s) once converted), the model expects 8×8 with 1 channel(s); it fits as it is: leave out --resize 4x4"),
+        "{e}"
+    );
     // In a folder, the file that does not fit is named before anything is decoded.
     image::GrayImage::from_pixel(9, 8, image::Luma([0]))
         .save(dir.join("folder/b/y.png"))
