@@ -421,7 +421,7 @@ fn train_config(args: &TrainArgs, base: TrainConfig) -> TrainConfig {
     }
 }
 
-fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> {
+pub(crate) fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> {
     let bad = || format!("expected WIDTHxHEIGHT such as 32x32, found {text:?}");
     let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
     match (w.parse(), h.parse()) {

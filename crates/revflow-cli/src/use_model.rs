@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use revflow::burn::tensor::{Device, Tensor, TensorData};
-use revflow::data::{Data, Splits};
+use revflow::data::Data;
 use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
-use revflow::pictures::{check_grid, grid, read_image, save_png, scatter, single};
-use revflow::training::{evaluate, one_hot, rows, RunConfig, RunDir};
+use revflow::pictures::{check_grid, grid, save_png, scatter, single};
+use revflow::scoring::{score_into, ClassMode, Context, Kind, Scorer};
+use revflow::training::{one_hot, rows, RunConfig, RunDir};
 use revflow::validate::in_range;
 use revflow::{FlowError, Result};
 
@@ -18,14 +19,14 @@ use serde_json::json;
 use crate::Report;
 
 /// A trained run, ready for inference.
-struct Loaded {
-    config: RunConfig,
-    model: Model,
-    device: Device,
-    dir: RunDir,
+pub(crate) struct Loaded {
+    pub config: RunConfig,
+    pub model: Model,
+    pub device: Device,
+    pub dir: RunDir,
 }
 
-fn open(run: &Path) -> Result<Loaded> {
+pub(crate) fn open(run: &Path) -> Result<Loaded> {
     let dir = RunDir::new(run);
     let config = dir.read_config()?;
     let device = Device::flex();
@@ -39,7 +40,7 @@ fn open(run: &Path) -> Result<Loaded> {
 }
 
 impl Loaded {
-    fn classes(&self) -> usize {
+    pub fn classes(&self) -> usize {
         self.config.model.classes()
     }
 
@@ -53,7 +54,7 @@ impl Loaded {
     }
 
     /// A class given by name or index.
-    fn class(&self, name: &str) -> Result<usize> {
+    pub fn class(&self, name: &str) -> Result<usize> {
         let names = &self.config.class_names;
         names
             .iter()
@@ -66,71 +67,37 @@ impl Loaded {
             })
     }
 
+    /// A scorer of this run's model with its noise seed (one dequantisation, the marginal
+    /// likelihood for a conditional run).
+    pub fn scorer(&self) -> Scorer<'_> {
+        Scorer::new(
+            &self.model,
+            Kind::of(&self.config.model),
+            self.classes(),
+            self.config.train.seed,
+        )
+        .device(&self.device)
+    }
+
     /// One-hot labels for a conditional model, `None` for an unconditional one.
     fn labels(&self, labels: &[usize]) -> Option<Tensor<2>> {
         (self.classes() > 0).then(|| one_hot(labels.iter().copied(), self.classes(), &self.device))
     }
 
-    /// Inputs given as image files, or as `test:N`, `train:N`, `test:A..B` rows of the run's
-    /// data; returns values `(N, D)` and labels (0 where unknown).
+    /// Inputs given as specifications the library reads (image files and folders,
+    /// `test:N`, `train:A..B`, … see [`revflow::scoring::source`]); returns values `(N, D)`
+    /// and labels (`class` if given, else the input's own where it has one of the run's,
+    /// else 0).
     fn inputs(&self, specs: &[String], class: Option<usize>) -> Result<(Tensor<2>, Vec<usize>)> {
-        let mut values: Vec<f32> = Vec::new();
-        let mut labels = Vec::new();
-        let mut splits: Option<Splits> = None;
-        for spec in specs {
-            if let Some((part, range)) = spec
-                .split_once(':')
-                .filter(|(p, _)| *p == "test" || *p == "train")
-            {
-                let splits = match &mut splits {
-                    Some(s) => s,
-                    None => splits.insert(self.config.load_data()?),
-                };
-                let data = if part == "test" {
-                    &splits.test
-                } else {
-                    &splits.train
-                };
-                let bad = || {
-                    FlowError::Config(format!(
-                        "{spec}: expected {part}:N or {part}:A..B with indices below {}",
-                        data.len()
-                    ))
-                };
-                let (a, b) = match range.split_once("..") {
-                    Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
-                    None => {
-                        let i: usize = range.parse().map_err(|_| bad())?;
-                        (i, i.checked_add(1).ok_or_else(bad)?)
-                    }
-                };
-                if a >= b || b > data.len() {
-                    return Err(bad());
-                }
-                let idx: Vec<usize> = (a..b).collect();
-                let (x, _) = rows(data, &idx, 0, &self.device);
-                values.extend(x.into_data().try_to_vec_as::<f32>().expect("floats"));
-                let known = match data {
-                    Data::Images(s) => &s.labels,
-                    Data::Vectors(s) => &s.labels,
-                };
-                labels.extend(
-                    idx.iter()
-                        .map(|&i| class.or(known.get(i).copied()).unwrap_or(0)),
-                );
-            } else {
-                let shape = self.image_shape("reading an image file")?;
-                let pixels = read_image(Path::new(spec), shape)?;
-                values.extend(pixels.iter().map(|&p| p as f32));
-                labels.push(class.unwrap_or(0));
-            }
-        }
-        let d = self.config.model.dims();
-        let n = values.len() / d;
-        Ok((
-            Tensor::from_data(TensorData::new(values, [n, d]), &self.device),
-            labels,
-        ))
+        let rows = Context::new(&self.config).read_all(specs)?;
+        let labels = rows
+            .classes
+            .iter()
+            .map(|c| class.or(*c).unwrap_or(0))
+            .collect();
+        let shape = [rows.len(), rows.dims];
+        let x = Tensor::from_data(TensorData::new(rows.values, shape), &self.device);
+        Ok((x, labels))
     }
 }
 
@@ -220,8 +187,8 @@ pub struct EvalArgs {
     /// Which split: test or train.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Write each input's bits/dim to this CSV (index,label,bits_per_dim): rank inputs by
-    /// likelihood to find unusual ones.
+    /// Write each input's score to this CSV (input,label,nats,bits_per_dim, as `revflow
+    /// score` writes it): rank inputs by likelihood to find unusual ones.
     #[arg(long)]
     pub per_sample: Option<PathBuf>,
     /// Inputs per batch (memory only: each input's dequantisation noise is keyed by its
@@ -233,51 +200,45 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> Result<Report> {
     in_range("--batch-size", args.batch_size, 1..)?;
     let run = open(&args.run)?;
-    let splits = run.config.load_data()?;
+    if !matches!(args.split.as_str(), "test" | "train") {
+        return Err(FlowError::Config(format!(
+            "--split must be test or train, not {:?}",
+            args.split
+        )));
+    }
+    let context = Context::new(&run.config);
+    let splits = context.splits()?;
     let data = match args.split.as_str() {
         "test" => &splits.test,
-        "train" => &splits.train,
-        other => {
-            return Err(FlowError::Config(format!(
-                "--split must be test or train, not {other:?}"
-            )))
-        }
+        _ => &splits.train,
     };
     revflow::training::check_data(&run.config.model, data, &args.split)?;
     revflow::limits::check_inference(&run.config.model, args.batch_size)?;
-    let dims = run.config.model.dims();
-    let e = evaluate(
-        &run.model,
-        data,
-        dims,
-        run.classes(),
-        args.batch_size,
-        run.config.train.seed,
-        &run.device,
+    // The scoring core, as training's evaluation: each input's own label for a conditional run.
+    let scorer = run
+        .scorer()
+        .class(ClassMode::OwnLabel)?
+        .batch_size(args.batch_size)?;
+    let mut inputs = context.open_all(std::slice::from_ref(&args.split))?;
+    let scores = score_into(
+        &scorer,
+        &mut inputs,
+        args.per_sample.as_deref(),
+        0,
+        &mut |_| {},
     )?;
-    if let Some(path) = &args.per_sample {
-        let labels = match data {
-            Data::Images(s) => &s.labels,
-            Data::Vectors(s) => &s.labels,
-        };
-        let mut text = String::from("index,label,bits_per_dim\n");
-        for (i, b) in e.per_sample.iter().enumerate() {
-            let label = labels.get(i).map(|l| l.to_string()).unwrap_or_default();
-            text.push_str(&format!("{i},{label},{b}\n"));
-        }
-        revflow::files::write_atomic(path, text.as_bytes())?;
-    }
+    let dims = run.config.model.dims();
+    let bits = scores.mean();
     Ok(Report {
         human: format!(
-            "{} {}: {:.4} bits/dim, {:.3} nats per sample ({} samples of {dims} dimensions)",
+            "{} {}: {bits:.4} bits/dim, {:.3} nats per sample ({} samples of {dims} dimensions)",
             args.run.display(),
             args.split,
-            e.bits_per_dim,
-            e.nats,
+            scores.nats,
             data.len()
         ),
         json: json!({"run": args.run, "split": args.split, "samples": data.len(),
-            "bits_per_dim": e.bits_per_dim, "nats": e.nats, "dims": dims,
+            "bits_per_dim": bits, "nats": scores.nats, "dims": dims,
             "per_sample": args.per_sample}),
     })
 }

@@ -28,19 +28,52 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlowError + '_ {
 
 /// Writes `bytes` to `path` atomically and durably (see the module docs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let folder = parent(path);
-    let mut tmp = builder(&format!(".{}.", file_name(path)), 0o666)
-        .suffix(".tmp")
-        .tempfile_in(folder)
-        .map_err(io(path))?;
-    fault_point().map_err(io(path))?;
-    tmp.write_all(bytes).map_err(io(path))?;
-    fault_point().map_err(io(path))?;
-    tmp.as_file().sync_all().map_err(io(path))?;
-    fault_point().map_err(io(path))?;
-    tmp.persist(path).map_err(|e| io(path)(e.error))?;
-    fault_point().map_err(io(path))?;
-    sync_dir(folder)
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// A file written in pieces that appears at its path only when complete: written to a
+/// temporary file beside it (see the module docs), then flushed and renamed over the path by
+/// [`commit`](Self::commit). Dropped without a commit, it leaves nothing behind.
+pub struct AtomicFile {
+    tmp: std::io::BufWriter<tempfile::NamedTempFile>,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `path` in its folder.
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = builder(&format!(".{}.", file_name(path)), 0o666)
+            .suffix(".tmp")
+            .tempfile_in(parent(path))
+            .map_err(io(path))?;
+        fault_point().map_err(io(path))?;
+        Ok(Self {
+            tmp: std::io::BufWriter::new(tmp),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Appends `bytes`.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        self.tmp.write_all(bytes).map_err(io(&self.path))
+    }
+
+    /// Flushes the file to disk and renames it over its path; the folder is flushed too.
+    pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        let tmp = self
+            .tmp
+            .into_inner()
+            .map_err(|e| io(&path)(e.into_error()))?;
+        fault_point().map_err(io(&path))?;
+        tmp.as_file().sync_all().map_err(io(&path))?;
+        fault_point().map_err(io(&path))?;
+        tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
+        fault_point().map_err(io(&path))?;
+        sync_dir(parent(&path))
+    }
 }
 
 /// Renames `from` to `to` (both in one folder) and flushes the folder, so the rename survives a

@@ -39,6 +39,7 @@ pub mod noise;
 pub mod parallel;
 pub mod pictures;
 mod rng;
+pub mod scoring;
 pub mod training;
 pub mod validate;
 pub mod weights;

@@ -109,6 +109,11 @@ fn idx_files_raw_and_gzipped() {
             std::fs::write(path, bytes).unwrap();
         }
         let _ = revflow::data::load("mnist", Some(&dir), 0, 0);
+        // The same files read a few images at a time (as `revflow score` reads them).
+        if let Ok(mut stream) = revflow::data::IdxImages::open_part("mnist", &dir, "t10k") {
+            let batch = u.int_in_range(1..=3)?;
+            while let Ok(Some(_)) = stream.read(batch) {}
+        }
         Ok(())
     });
 }
@@ -134,6 +139,10 @@ fn cifar_batches() {
         let victim = files[u.choose_index(files.len())?];
         std::fs::write(dir.join(victim), mutate(u, &record)?).unwrap();
         let _ = revflow::data::load("cifar10", Some(&dir), 0, 0);
+        if let Ok(mut stream) = revflow::data::CifarReader::open_part(&dir, "train") {
+            let batch = u.int_in_range(1..=3)?;
+            while let Ok(Some(_)) = stream.read(batch) {}
+        }
         Ok(())
     });
 }
@@ -147,6 +156,10 @@ fn csv_files() {
     fuzz(|u| {
         std::fs::write(&path, mutate(u, seed)?).unwrap();
         let _ = revflow::data::load(&name, None, 0, 0);
+        if let Ok(mut stream) = revflow::data::CsvReader::open(&path) {
+            let batch = u.int_in_range(1..=3)?;
+            while let Ok(Some(_)) = stream.read(batch) {}
+        }
         Ok(())
     });
 }

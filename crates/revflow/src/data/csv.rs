@@ -1,135 +1,227 @@
-//! Numeric vectors from a comma-separated file.
+//! Numeric vectors from a comma-separated file, whole or a batch of rows at a time.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 
 use super::VectorSet;
 use crate::{FlowError, Result};
 
-/// Reads a CSV of numbers, one vector per line.
-///
-/// The first line is a header when any of its cells is not a number; its names become
-/// `columns` (else they are `x0`, `x1`, …). A header column named `label` or `class` (any
-/// case) is a categorical label, not a feature: its values become classes sorted by name
-/// (numerically when they are all integers). Blank lines are skipped; cells may be quoted.
+/// Reads a CSV of numbers, one vector per line (see [`CsvReader`] for the format). A
+/// categorical label column's values become classes sorted by name (numerically when they
+/// are all integers).
 pub(super) fn load(path: &Path) -> Result<VectorSet> {
-    // The text, then at most one f32 per two bytes of it (a digit and a comma), twice (the
-    // set and its split).
-    let bytes = crate::limits::read(path, 5.0)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| FlowError::data(path.display(), format!("cannot read: {e}")))?;
-    let err = |line: usize, problem: String| {
-        FlowError::data(format!("{}:{line}", path.display()), problem)
-    };
-
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty())
-        .peekable();
-    let Some(&(first_no, first)) = lines.peek() else {
-        return Err(FlowError::data(
-            path.display(),
-            "is empty; expected rows of comma-separated numbers",
-        ));
-    };
-    let first_cells = cells(first);
-    let has_header = first_cells.iter().any(|c| c.parse::<f32>().is_err());
-    let (names, label_col) = if has_header {
-        lines.next();
-        let label_cols: Vec<usize> = (0..first_cells.len())
-            .filter(|&i| {
-                matches!(
-                    first_cells[i].to_ascii_lowercase().as_str(),
-                    "label" | "class"
-                )
-            })
-            .collect();
-        if label_cols.len() > 1 {
-            return Err(err(
-                first_no,
-                "the header has more than one label/class column; keep one".to_string(),
-            ));
-        }
-        let names: Vec<String> = first_cells.iter().map(|c| c.to_string()).collect();
-        (names, label_cols.first().copied())
-    } else {
-        (
-            (0..first_cells.len()).map(|i| format!("x{i}")).collect(),
-            None,
-        )
-    };
-    let width = names.len();
-    let columns: Vec<String> = (0..width)
-        .filter(|&i| Some(i) != label_col)
-        .map(|i| names[i].clone())
-        .collect();
-    if columns.is_empty() {
-        return Err(err(
-            first_no,
-            "has no feature columns besides the label".to_string(),
-        ));
+    // The text's worth of numbers, at most one f32 per two bytes of it (a digit and a comma),
+    // twice (the set and its split), and the labels.
+    let len = std::fs::metadata(path)
+        .map_err(|e| FlowError::data(path.display(), format!("cannot read: {e}")))?
+        .len();
+    crate::limits::check(format!("reading {}", path.display()), len as f64 * 5.0)?;
+    let mut reader = CsvReader::open(path)?;
+    let (mut values, mut raw_labels) = (Vec::new(), Vec::new());
+    while let Some(rows) = reader.read(usize::MAX)? {
+        values.extend(rows.values);
+        raw_labels.extend(rows.labels);
     }
-
-    let mut values = Vec::new();
-    let mut raw_labels = Vec::new();
-    for (no, line) in lines {
-        let row = cells(line);
-        if row.len() != width {
-            return Err(err(
-                no,
-                format!(
-                    "has {} fields, expected {width} (as in line {first_no})",
-                    row.len()
-                ),
-            ));
-        }
-        for (i, cell) in row.iter().enumerate() {
-            if Some(i) == label_col {
-                if cell.is_empty() {
-                    return Err(err(
-                        no,
-                        format!("column {} ({}): empty label", i + 1, names[i]),
-                    ));
-                }
-                raw_labels.push(cell.to_string());
-                continue;
-            }
-            match cell.parse::<f32>() {
-                Ok(v) if v.is_finite() => values.push(v),
-                _ => {
-                    return Err(err(
-                        no,
-                        format!(
-                            "column {} ({}): '{cell}' is not a finite number",
-                            i + 1,
-                            names[i]
-                        ),
-                    ))
-                }
-            }
-        }
-    }
-    if values.is_empty() {
-        return Err(FlowError::data(
-            path.display(),
-            "has a header but no data rows",
-        ));
-    }
-
-    let (labels, class_names) = if label_col.is_some() {
+    let (labels, class_names) = if reader.has_labels() {
         classes(raw_labels)
     } else {
         (Vec::new(), Vec::new())
     };
     Ok(VectorSet {
         values,
-        dim: columns.len(),
+        dim: reader.dim(),
         labels,
         class_names,
-        columns,
+        columns: reader.columns,
     })
+}
+
+/// Rows of a CSV file as read: values row after row, and the raw label and line number of
+/// each row.
+#[derive(Debug, Default)]
+pub struct CsvRows {
+    pub values: Vec<f32>,
+    /// Empty without a label column.
+    pub labels: Vec<String>,
+    pub lines: Vec<usize>,
+}
+
+/// A CSV of numbers read a batch of rows at a time, one vector per line.
+///
+/// The first line is a header when any of its cells is not a number; its names become
+/// `columns` (else they are `x0`, `x1`, …). A header column named `label` or `class` (any
+/// case) is a categorical label, not a feature. Blank lines are skipped; cells may be
+/// quoted. Every problem names the file, the line and the column.
+pub struct CsvReader {
+    path: PathBuf,
+    lines: std::iter::Enumerate<std::io::Lines<BufReader<File>>>,
+    /// The first line, when it is data rather than a header.
+    pending: Option<(usize, String)>,
+    first_no: usize,
+    names: Vec<String>,
+    label_col: Option<usize>,
+    /// Feature names.
+    pub columns: Vec<String>,
+    rows: usize,
+}
+
+impl CsvReader {
+    /// Opens `path` and reads its first non-blank line (the header, if it is one).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path)
+            .map_err(|e| FlowError::data(path.display(), format!("cannot read: {e}")))?;
+        let mut reader = CsvReader {
+            path: path.to_path_buf(),
+            lines: BufReader::new(file).lines().enumerate(),
+            pending: None,
+            first_no: 0,
+            names: Vec::new(),
+            label_col: None,
+            columns: Vec::new(),
+            rows: 0,
+        };
+        let Some((first_no, first)) = reader.next_line()? else {
+            return Err(FlowError::data(
+                path.display(),
+                "is empty; expected rows of comma-separated numbers",
+            ));
+        };
+        let first_cells = cells(&first);
+        let has_header = first_cells.iter().any(|c| c.parse::<f32>().is_err());
+        if has_header {
+            let label_cols: Vec<usize> = (0..first_cells.len())
+                .filter(|&i| {
+                    matches!(
+                        first_cells[i].to_ascii_lowercase().as_str(),
+                        "label" | "class"
+                    )
+                })
+                .collect();
+            if label_cols.len() > 1 {
+                return Err(reader.at(
+                    first_no,
+                    "the header has more than one label/class column; keep one".to_string(),
+                ));
+            }
+            reader.names = first_cells.iter().map(|c| c.to_string()).collect();
+            reader.label_col = label_cols.first().copied();
+        } else {
+            reader.names = (0..first_cells.len()).map(|i| format!("x{i}")).collect();
+            reader.pending = Some((first_no, first.clone()));
+        }
+        reader.first_no = first_no;
+        reader.columns = (0..reader.names.len())
+            .filter(|&i| Some(i) != reader.label_col)
+            .map(|i| reader.names[i].clone())
+            .collect();
+        if reader.columns.is_empty() {
+            return Err(reader.at(
+                first_no,
+                "has no feature columns besides the label".to_string(),
+            ));
+        }
+        Ok(reader)
+    }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the file has a label column.
+    pub fn has_labels(&self) -> bool {
+        self.label_col.is_some()
+    }
+
+    /// The next `max` rows (fewer at the end); `None` after the last. A file with a header
+    /// and no rows is an error.
+    pub fn read(&mut self, max: usize) -> Result<Option<CsvRows>> {
+        let mut out = CsvRows::default();
+        while out.lines.len() < max.max(1) {
+            let next = match self.pending.take() {
+                Some(line) => Some(line),
+                None => self.next_line()?,
+            };
+            let Some((no, line)) = next else { break };
+            self.parse(no, &line, &mut out)?;
+        }
+        self.rows += out.lines.len();
+        if out.lines.is_empty() {
+            if self.rows == 0 {
+                return Err(FlowError::data(
+                    self.path.display(),
+                    "has a header but no data rows",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// The next non-blank line and its number (from 1).
+    fn next_line(&mut self) -> Result<Option<(usize, String)>> {
+        for (i, line) in self.lines.by_ref() {
+            let line = line.map_err(|e| {
+                FlowError::data(
+                    format!("{}:{}", self.path.display(), i + 1),
+                    format!("cannot read: {e}"),
+                )
+            })?;
+            if !line.trim().is_empty() {
+                return Ok(Some((i + 1, line)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn parse(&self, no: usize, line: &str, out: &mut CsvRows) -> Result<()> {
+        let row = cells(line);
+        let width = self.names.len();
+        if row.len() != width {
+            return Err(self.at(
+                no,
+                format!(
+                    "has {} fields, expected {width} (as in line {})",
+                    row.len(),
+                    self.first_no
+                ),
+            ));
+        }
+        for (i, cell) in row.iter().enumerate() {
+            if Some(i) == self.label_col {
+                if cell.is_empty() {
+                    return Err(self.at(
+                        no,
+                        format!("column {} ({}): empty label", i + 1, self.names[i]),
+                    ));
+                }
+                out.labels.push(cell.to_string());
+                continue;
+            }
+            match cell.parse::<f32>() {
+                Ok(v) if v.is_finite() => out.values.push(v),
+                _ => {
+                    return Err(self.at(
+                        no,
+                        format!(
+                            "column {} ({}): '{cell}' is not a finite number",
+                            i + 1,
+                            self.names[i]
+                        ),
+                    ))
+                }
+            }
+        }
+        out.lines.push(no);
+        Ok(())
+    }
+
+    /// An error at line `line` of the file.
+    fn at(&self, line: usize, problem: String) -> FlowError {
+        FlowError::data(format!("{}:{line}", self.path.display()), problem)
+    }
 }
 
 /// Trimmed cells of one line, surrounding double quotes removed.
@@ -248,5 +340,29 @@ mod tests {
             "{}",
             a.description
         );
+    }
+
+    #[test]
+    fn the_stream_gives_the_rows_labels_and_lines_of_the_file() {
+        let p = write("csv_stream", "x,label,y\n1,b,2\n\n3,a,4\n5,b,6\n7,c,8\n");
+        let whole = load(&p).unwrap();
+        let mut reader = CsvReader::open(&p).unwrap();
+        assert_eq!((reader.dim(), reader.has_labels()), (2, true));
+        let (mut values, mut labels, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(rows) = reader.read(3).unwrap() {
+            assert!(rows.lines.len() <= 3);
+            values.extend(rows.values);
+            labels.extend(rows.labels);
+            lines.extend(rows.lines);
+        }
+        assert_eq!(values, whole.values);
+        assert_eq!(labels, vec!["b", "a", "b", "c"]);
+        assert_eq!(lines, vec![2, 4, 5, 6]);
+        // Without a header the first line is a row.
+        let p = write("csv_stream_plain", "1,2\n3,4\n");
+        let mut reader = CsvReader::open(&p).unwrap();
+        assert_eq!(reader.read(1).unwrap().unwrap().lines, vec![1]);
+        assert_eq!(reader.read(5).unwrap().unwrap().values, vec![3.0, 4.0]);
+        assert!(reader.read(5).unwrap().is_none());
     }
 }

@@ -5,80 +5,39 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
+use super::convert::{planar, Convert};
 use super::ImageSet;
 use crate::{FlowError, Result};
 
-/// Loads every PNG/JPEG image under `path`.
+/// Loads every PNG/JPEG image under `path` (see [`FolderReader`] for which).
 ///
-/// Each sub-folder holding images is a class (sorted by name; the label is the index), and
-/// then the folder may not also hold images directly; a folder of images alone gives
-/// unlabelled data. Files are read in name order; hidden entries, other files and deeper
-/// folders are skipped. Grey (and grey+alpha) images give 1 channel, colour ones 3 (alpha
-/// is dropped). With `resize = Some((w, h))` every image is resized to w×h (triangle
-/// filter); otherwise all images must already share one size and channel count.
+/// With `resize = Some((w, h))` every image is resized to w×h (triangle filter); otherwise
+/// all images must already share one size and channel count.
 pub fn load_image_folder(path: &Path, resize: Option<(u32, u32)>) -> Result<ImageSet> {
-    if !path.is_dir() {
-        return Err(FlowError::data(
-            path.display(),
-            "image folder not found (expected a folder of PNG/JPEG images, or of class sub-folders)",
-        ));
-    }
-    let (loose, subdirs) = list(path)?;
-    let mut classes = Vec::new();
-    for dir in subdirs {
-        let files = list(&dir)?.0;
-        if !files.is_empty() {
-            classes.push((file_name(&dir), files));
-        }
-    }
-    if !classes.is_empty() && !loose.is_empty() {
-        return Err(FlowError::data(
-            loose[0].display(),
-            format!(
-                "{} has class sub-folders and also images directly inside it; \
-                 move every image into a class sub-folder, or remove the sub-folders for unlabelled data",
-                path.display()
-            ),
-        ));
-    }
-    let labelled = !classes.is_empty();
-    let files: Vec<(usize, PathBuf)> = if labelled {
-        classes
-            .iter()
-            .enumerate()
-            .flat_map(|(k, (_, files))| files.iter().map(move |f| (k, f.clone())))
-            .collect()
-    } else {
-        loose.into_iter().map(|f| (0, f)).collect()
+    let mut reader = FolderReader::open(path)?;
+    check_memory(path, &reader.files, resize)?;
+    let convert = Convert {
+        resize,
+        channels: None,
     };
-    if files.is_empty() {
-        return Err(FlowError::data(
-            path.display(),
-            "no PNG or JPEG images found in the folder or its sub-folders",
-        ));
-    }
-
-    check_memory(path, &files, resize)?;
-
     let mut set = ImageSet {
         pixels: Vec::new(),
         channels: 0,
         height: 0,
         width: 0,
         labels: Vec::new(),
-        class_names: classes.into_iter().map(|(name, _)| name).collect(),
+        class_names: reader.class_names.clone(),
     };
-    let first = &files[0].1;
-    for (label, file) in &files {
-        let (c, w, h, pixels) = decode(file, resize)?;
+    let first = reader.files[0].1.clone();
+    while let Some(image) = reader.next()? {
+        let [c, h, w] = convert.shape(image.shape);
         if set.channels == 0 {
             (set.channels, set.width, set.height) = (c, w, h);
         } else if (c, w, h) != (set.channels, set.width, set.height) {
             return Err(FlowError::data(
-                file.display(),
+                image.path.display(),
                 format!(
                     "is {w}×{h} with {c} channel(s), but {} is {}×{} with {} channel(s); \
                      all images must share one size and channel count{}",
@@ -94,12 +53,122 @@ pub fn load_image_folder(path: &Path, resize: Option<(u32, u32)>) -> Result<Imag
                 ),
             ));
         }
-        set.pixels.extend(pixels);
-        if labelled {
-            set.labels.push(*label);
-        }
+        set.pixels.extend(convert.apply(image.pixels, image.shape));
+        set.labels.extend(image.label);
     }
     Ok(set)
+}
+
+/// One image of a folder, as decoded: 8-bit C×H×W (grey: 1 channel, colour: 3).
+#[derive(Debug, Clone)]
+pub struct FolderImage {
+    pub path: PathBuf,
+    /// The index of its class sub-folder; `None` for an unlabelled folder.
+    pub label: Option<usize>,
+    pub shape: [usize; 3],
+    pub pixels: Vec<u8>,
+}
+
+/// The PNG/JPEG images under a folder, decoded one at a time.
+///
+/// Each sub-folder holding images is a class (sorted by name; the label is the index), and
+/// then the folder may not also hold images directly; a folder of images alone gives
+/// unlabelled data. Files are read in name order; hidden entries, other files and deeper
+/// folders are skipped. Grey (and grey+alpha) images give 1 channel, colour ones 3 (alpha
+/// is dropped).
+pub struct FolderReader {
+    /// Each image file with its class (an index into `class_names`; 0 when unlabelled).
+    pub files: Vec<(usize, PathBuf)>,
+    pub class_names: Vec<String>,
+    next: usize,
+}
+
+impl FolderReader {
+    /// Lists the images of `path` (nothing is decoded yet).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(FlowError::data(
+                path.display(),
+                "image folder not found (expected a folder of PNG/JPEG images, or of class sub-folders)",
+            ));
+        }
+        let (loose, subdirs) = list(path)?;
+        let mut classes = Vec::new();
+        for dir in subdirs {
+            let files = list(&dir)?.0;
+            if !files.is_empty() {
+                classes.push((file_name(&dir), files));
+            }
+        }
+        if !classes.is_empty() && !loose.is_empty() {
+            return Err(FlowError::data(
+                loose[0].display(),
+                format!(
+                    "{} has class sub-folders and also images directly inside it; \
+                     move every image into a class sub-folder, or remove the sub-folders for unlabelled data",
+                    path.display()
+                ),
+            ));
+        }
+        let files: Vec<(usize, PathBuf)> = if classes.is_empty() {
+            loose.into_iter().map(|f| (0, f)).collect()
+        } else {
+            classes
+                .iter()
+                .enumerate()
+                .flat_map(|(k, (_, files))| files.iter().map(move |f| (k, f.clone())))
+                .collect()
+        };
+        if files.is_empty() {
+            return Err(FlowError::data(
+                path.display(),
+                "no PNG or JPEG images found in the folder or its sub-folders",
+            ));
+        }
+        Ok(Self {
+            files,
+            class_names: classes.into_iter().map(|(name, _)| name).collect(),
+            next: 0,
+        })
+    }
+
+    /// Images in the folder.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The next image, decoded; `None` after the last.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<FolderImage>> {
+        let Some((label, path)) = self.files.get(self.next).cloned() else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let (shape, pixels) = decode(&path)?;
+        Ok(Some(FolderImage {
+            path,
+            label: (!self.class_names.is_empty()).then_some(label),
+            shape,
+            pixels,
+        }))
+    }
+}
+
+/// `[C, H, W]` of an image file from its header alone (nothing decoded), and the bytes its
+/// decoder would allocate.
+pub fn header(file: &Path) -> Result<([usize; 3], u64)> {
+    let decoder = reader(file)?.into_decoder().map_err(|e| bad(file, &e))?;
+    let (w, h) = decoder.dimensions();
+    let c = if decoder.color_type().has_color() {
+        3
+    } else {
+        1
+    };
+    Ok(([c, h as usize, w as usize], decoder.total_bytes()))
 }
 
 /// Image files and sub-folders of `dir`, each sorted by name, hidden entries skipped.
@@ -147,16 +216,11 @@ fn check_memory(
     let (mut total, mut largest) = (0.0, 0.0f64);
     let mut first = None;
     for (_, file) in files {
-        let decoder = reader(file)?.into_decoder().map_err(|e| bad(file, &e))?;
-        let (w, h) = resize.unwrap_or(decoder.dimensions());
-        let c = if decoder.color_type().has_color() {
-            3
-        } else {
-            1
-        };
+        let ([c, h, w], bytes) = header(file)?;
+        let (w, h) = resize.unwrap_or((w as u32, h as u32));
         first.get_or_insert((c, w, h));
         total += (c as f64) * (w as f64) * (h as f64);
-        largest = largest.max(decoder.total_bytes() as f64);
+        largest = largest.max(bytes as f64);
     }
     let (c, w, h) = first.unwrap_or_default();
     crate::limits::check(
@@ -186,29 +250,15 @@ fn reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
     Ok(reader)
 }
 
-/// (channels, width, height, C×H×W pixels) of one file, converted to 8-bit grey or RGB.
-fn decode(path: &Path, resize: Option<(u32, u32)>) -> Result<(usize, usize, usize, Vec<u8>)> {
+/// `[C, H, W]` and C×H×W pixels of one image file, as 8-bit grey (1 channel) or RGB (3;
+/// alpha is dropped).
+pub fn decode(path: &Path) -> Result<([usize; 3], Vec<u8>)> {
     let img: DynamicImage = reader(path)?.decode().map_err(|e| bad(path, &e))?;
-    let resized = |w, h| resize.filter(|&r| r != (w, h));
+    let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_color() {
-        let mut rgb = img.to_rgb8();
-        if let Some((w, h)) = resized(rgb.width(), rgb.height()) {
-            rgb = imageops::resize(&rgb, w, h, FilterType::Triangle);
-        }
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-        // Interleaved RGB → channel-major C×H×W.
-        let raw = rgb.into_raw();
-        let pixels = (0..3)
-            .flat_map(|c| raw.iter().skip(c).step_by(3).copied().collect::<Vec<_>>())
-            .collect();
-        Ok((3, w, h, pixels))
+        Ok(([3, h, w], planar(&img.to_rgb8().into_raw())))
     } else {
-        let mut grey = img.to_luma8();
-        if let Some((w, h)) = resized(grey.width(), grey.height()) {
-            grey = imageops::resize(&grey, w, h, FilterType::Triangle);
-        }
-        let (w, h) = (grey.width() as usize, grey.height() as usize);
-        Ok((1, w, h, grey.into_raw()))
+        Ok(([1, h, w], img.to_luma8().into_raw()))
     }
 }
 
@@ -367,5 +417,22 @@ mod tests {
         let s = crate::data::load(&name, None, 0, 0).unwrap();
         assert_eq!((s.train.len(), s.test.len()), (2, 1));
         assert_eq!(s.train.num_classes(), 2);
+    }
+
+    #[test]
+    fn the_reader_decodes_what_the_loader_loads_one_image_at_a_time() {
+        let dir = fixture("folder_stream");
+        let whole = load_image_folder(&dir, None).unwrap();
+        let mut reader = FolderReader::open(&dir).unwrap();
+        assert_eq!((reader.len(), reader.class_names.len()), (3, 2));
+        let mut k = 0;
+        while let Some(img) = reader.next().unwrap() {
+            assert_eq!(img.shape, [3, 2, 3]);
+            assert_eq!(img.pixels, whole.image(k));
+            assert_eq!(img.label, Some(whole.labels[k]));
+            k += 1;
+        }
+        assert_eq!(k, 3);
+        assert_eq!(header(&dir.join("dog/c.png")).unwrap().0, [3, 2, 3]);
     }
 }

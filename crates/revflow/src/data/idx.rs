@@ -1,5 +1,8 @@
 //! MNIST and Fashion-MNIST in LeCun's IDX format: big-endian header (magic, dimensions),
 //! then unsigned bytes. Files may be raw or gzipped, with or without a `.gz` suffix.
+//!
+//! [`IdxReader`] reads a file a batch of items at a time (a `.gz` decompressed as a stream),
+//! after checking its header; the whole-file loader is the same reader asked for everything.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -11,9 +14,9 @@ use super::{Data, ImageSet, Splits};
 use crate::{FlowError, Result};
 
 /// IDX magic for unsigned-byte data with 3 dimensions (N, rows, cols).
-const IMAGES_MAGIC: u32 = 0x0803;
+pub(crate) const IMAGES_MAGIC: u32 = 0x0803;
 /// IDX magic for unsigned-byte data with 1 dimension (N).
-const LABELS_MAGIC: u32 = 0x0801;
+pub(crate) const LABELS_MAGIC: u32 = 0x0801;
 
 const FASHION_CLASSES: [&str; 10] = [
     "T-shirt/top",
@@ -30,29 +33,25 @@ const FASHION_CLASSES: [&str; 10] = [
 
 /// Loads `mnist` or `fashion-mnist` from `dir` with its standard train/test files.
 pub(super) fn load(name: &str, dir: &Path) -> Result<Splits> {
-    let class_names: Vec<String> = if name == "fashion-mnist" {
-        FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
-    } else {
-        (0..10).map(|d| d.to_string()).collect()
-    };
     let part = |prefix: &str| -> Result<ImageSet> {
-        let images = find(name, dir, &format!("{prefix}-images-idx3-ubyte"))?;
-        let labels = find(name, dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-        let mut set = read_images(&images)?;
-        set.labels = read_labels(&labels, class_names.len())?;
-        if set.labels.len() != set.len() {
-            return Err(FlowError::data(
-                labels.display(),
-                format!(
-                    "has {} labels but {} has {} images; the two files must come from the same set",
-                    set.labels.len(),
-                    images.display(),
-                    set.len()
-                ),
-            ));
-        }
-        set.class_names = class_names.clone();
-        Ok(set)
+        let (images, labels) = IdxImages::part_files(name, dir, prefix)?;
+        let mut stream = IdxImages::open(&images)?;
+        stream.check_whole()?;
+        // The images to their end, then the labels, each file checked whole before the next.
+        let (pixels, _) = stream.read(stream.len())?.unwrap_or_default();
+        stream.read(1)?;
+        stream.attach_labels(&labels, class_names(name).len())?;
+        stream.done = 0;
+        let labels = stream.read_labels(stream.len())?;
+        stream.read(1)?;
+        Ok(ImageSet {
+            pixels,
+            channels: 1,
+            height: stream.height,
+            width: stream.width,
+            labels,
+            class_names: class_names(name),
+        })
     };
     let (train, test) = (part("train")?, part("t10k")?);
     let description = format!(
@@ -92,155 +91,340 @@ fn find(name: &str, dir: &Path, stem: &str) -> Result<PathBuf> {
     }
 }
 
-/// Reads an IDX file, raw or gzipped (whatever its name): checks the magic, then the size the
-/// header promises against the memory limit and against what the file holds, and only then
-/// reads exactly that many bytes, so that a small .gz cannot expand into memory unchecked.
-/// Returns the dimensions and the data.
-fn read_idx(path: &Path, magic: u32, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
-    let cannot = |e: std::io::Error| FlowError::data(path.display(), format!("cannot read: {e}"));
-    let file = File::open(path).map_err(cannot)?;
-    let file_len = file.metadata().map_err(cannot)?.len();
-    let mut reader = BufReader::new(file);
-    let gz = reader
-        .fill_buf()
-        .map_err(cannot)?
-        .starts_with(&[0x1f, 0x8b]);
-    let read_err = |e: std::io::Error| match gz {
-        true => FlowError::data(
-            path.display(),
-            format!("is not a valid gzip file ({e}); download it again"),
-        ),
-        false => cannot(e),
-    };
-    let mut input: Box<dyn Read> = match gz {
-        true => Box::new(GzDecoder::new(reader)),
-        false => Box::new(reader),
-    };
-    let mut read_up_to =
-        |n: u64, buf: &mut Vec<u8>| (&mut input).take(n).read_to_end(buf).map_err(read_err);
+/// An IDX file of unsigned bytes, read a batch of items at a time.
+///
+/// Opening checks the magic and the header, and for a raw file that it holds the data the
+/// header promises; a `.gz` is decompressed as it is read, so a short or long stream is
+/// found when its end is reached (and reported naming the file). An item is one entry of the
+/// first dimension (an image, a label).
+pub struct IdxReader {
+    path: PathBuf,
+    input: Box<dyn Read>,
+    gz: bool,
+    dims: Vec<usize>,
+    shape: String,
+    /// Bytes per item.
+    item: usize,
+    /// Items not read yet.
+    left: usize,
+    /// Data bytes read so far.
+    read: u64,
+}
 
-    let ndim = (magic & 0xff) as usize;
-    let head = 4 * (1 + ndim);
-    let mut bytes = Vec::with_capacity(head);
-    read_up_to(head as u64, &mut bytes)?;
-    let word = |i: usize| {
-        bytes
-            .get(4 * i..4 * i + 4)
-            .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
-    };
-    // The magic first: a wrong file is better reported as wrong than as short.
-    match word(0) {
-        Some(m) if m == magic => {}
-        found => {
+impl IdxReader {
+    /// Opens an IDX file, raw or gzipped (whatever its name), whose magic must be `magic`
+    /// (`what` names the kind for messages: "images", "labels").
+    pub fn open(path: &Path, magic: u32, what: &str) -> Result<Self> {
+        let cannot =
+            |e: std::io::Error| FlowError::data(path.display(), format!("cannot read: {e}"));
+        let file = File::open(path).map_err(cannot)?;
+        let file_len = file.metadata().map_err(cannot)?.len();
+        let mut reader = BufReader::new(file);
+        let gz = reader
+            .fill_buf()
+            .map_err(cannot)?
+            .starts_with(&[0x1f, 0x8b]);
+        let input: Box<dyn Read> = match gz {
+            true => Box::new(GzDecoder::new(reader)),
+            false => Box::new(reader),
+        };
+        let mut idx = IdxReader {
+            path: path.to_path_buf(),
+            input,
+            gz,
+            dims: Vec::new(),
+            shape: String::new(),
+            item: 0,
+            left: 0,
+            read: 0,
+        };
+        let ndim = (magic & 0xff) as usize;
+        let head = 4 * (1 + ndim);
+        let mut bytes = Vec::with_capacity(head);
+        idx.read_up_to(head as u64, &mut bytes)?;
+        let word = |i: usize| {
+            bytes
+                .get(4 * i..4 * i + 4)
+                .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+        };
+        // The magic first: a wrong file is better reported as wrong than as short.
+        match word(0) {
+            Some(m) if m == magic => {}
+            found => {
+                return Err(FlowError::data(
+                    path.display(),
+                    format!(
+                        "wrong magic number: expected {magic} (IDX {what}), found {}; is this the right file?",
+                        found.map_or("none (file under 4 bytes)".to_string(), |m| m.to_string())
+                    ),
+                ));
+            }
+        }
+        if bytes.len() < head {
             return Err(FlowError::data(
                 path.display(),
                 format!(
-                    "wrong magic number: expected {magic} (IDX {what}), found {}; is this the right file?",
-                    found.map_or("none (file under 4 bytes)".to_string(), |m| m.to_string())
+                    "truncated: an IDX {what} file needs a {head}-byte header, found {} bytes",
+                    bytes.len()
                 ),
             ));
         }
+        idx.dims = (1..=ndim).map(|i| word(i).unwrap_or(0) as usize).collect();
+        idx.shape = idx
+            .dims
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("×");
+        // Checked: a corrupt header must not overflow.
+        let Some(expected) = idx.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+            return Err(idx.mismatch(
+                "corrupt header",
+                "more than can be addressed".into(),
+                "a file that cannot hold it".into(),
+            ));
+        };
+        idx.item = idx.dims[1..].iter().product();
+        idx.left = idx.dims[0];
+        let raw_left = file_len.saturating_sub(head as u64);
+        if !gz && (expected as u64) > raw_left {
+            return Err(idx.mismatch("truncated", expected.to_string(), raw_left.to_string()));
+        }
+        Ok(idx)
     }
-    if bytes.len() < head {
-        return Err(FlowError::data(
-            path.display(),
-            format!(
-                "truncated: an IDX {what} file needs a {head}-byte header, found {} bytes",
-                bytes.len()
+
+    /// The dimensions the header declares, items first.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Items in the file (the first dimension).
+    pub fn len(&self) -> usize {
+        self.dims.first().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Data bytes the header promises (checked not to overflow on opening).
+    pub fn data_bytes(&self) -> usize {
+        self.len() * self.item
+    }
+
+    /// The next `max` items (fewer at the end), their bytes one item after another; `None`
+    /// once every item was read, after checking that nothing follows them. The buffer grows
+    /// with what arrives, so a short stream allocates no more than it holds.
+    pub fn read(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        if self.left == 0 {
+            self.check_end()?;
+            return Ok(None);
+        }
+        let n = max.clamp(1, self.left);
+        let want = (n * self.item) as u64;
+        let mut data = Vec::new();
+        self.read_up_to(want, &mut data)?;
+        self.read += data.len() as u64;
+        if (data.len() as u64) < want {
+            return Err(self.mismatch(
+                "truncated",
+                self.data_bytes().to_string(),
+                self.read.to_string(),
+            ));
+        }
+        self.left -= n;
+        Ok(Some(data))
+    }
+
+    /// After the last item: the file must end there.
+    fn check_end(&mut self) -> Result<()> {
+        let extra =
+            std::io::copy(&mut self.input, &mut std::io::sink()).map_err(|e| self.read_error(e))?;
+        if extra > 0 {
+            let found = self.read.saturating_add(extra);
+            return Err(self.mismatch(
+                "too long",
+                self.data_bytes().to_string(),
+                found.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_up_to(&mut self, n: u64, buf: &mut Vec<u8>) -> Result<()> {
+        match (&mut self.input).take(n).read_to_end(buf) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    fn read_error(&self, e: std::io::Error) -> FlowError {
+        match self.gz {
+            true => FlowError::data(
+                self.path.display(),
+                format!("is not a valid gzip file ({e}); download it again"),
             ),
-        ));
+            false => FlowError::data(self.path.display(), format!("cannot read: {e}")),
+        }
     }
-    let dims: Vec<usize> = (1..=ndim).map(|i| word(i).unwrap_or(0) as usize).collect();
-    let shape = dims
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("×");
-    let mismatch = |problem: &str, promised: String, found: String| {
+
+    fn mismatch(&self, problem: &str, promised: String, found: String) -> FlowError {
         FlowError::data(
-            path.display(),
+            self.path.display(),
             format!(
-                "{problem}: the header promises {promised} data bytes ({shape}), found {found}; \
-                 download the file again"
+                "{problem}: the header promises {promised} data bytes ({}), found {found}; \
+                 download the file again",
+                self.shape
             ),
         )
-    };
-    // Checked: a corrupt header must not overflow.
-    let Some(expected) = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
-        return Err(mismatch(
-            "corrupt header",
-            "more than can be addressed".into(),
-            "a file that cannot hold it".into(),
-        ));
-    };
-    crate::limits::check(
-        format!("{} ({shape} bytes)", path.display()),
-        expected as f64,
-    )?;
-    let raw_left = file_len.saturating_sub(head as u64);
-    if !gz && (expected as u64) > raw_left {
-        return Err(mismatch(
-            "truncated",
-            expected.to_string(),
-            raw_left.to_string(),
-        ));
     }
-    // Grows with what arrives, so a short stream allocates no more than it holds.
-    let mut data = Vec::new();
-    read_up_to(expected as u64, &mut data)?;
-    if data.len() < expected {
-        return Err(mismatch(
-            "truncated",
-            expected.to_string(),
-            data.len().to_string(),
-        ));
-    }
-    let extra = std::io::copy(&mut input, &mut std::io::sink()).map_err(read_err)?;
-    if extra > 0 {
-        let found = (expected as u64).saturating_add(extra);
-        return Err(mismatch(
-            "too long",
-            expected.to_string(),
-            found.to_string(),
-        ));
-    }
-    Ok((dims, data))
 }
 
-fn read_images(path: &Path) -> Result<ImageSet> {
-    let (dims, data) = read_idx(path, IMAGES_MAGIC, "images")?;
-    if dims[1] == 0 || dims[2] == 0 {
-        return Err(FlowError::data(
-            path.display(),
-            format!(
-                "images of {}×{} pixels: expected at least 1×1",
-                dims[1], dims[2]
-            ),
-        ));
+/// The classes of `mnist` (the digits) or `fashion-mnist`.
+pub(crate) fn class_names(name: &str) -> Vec<String> {
+    if name == "fashion-mnist" {
+        FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..10).map(|d| d.to_string()).collect()
     }
-    Ok(ImageSet {
-        pixels: data,
-        channels: 1,
-        height: dims[1],
-        width: dims[2],
-        labels: Vec::new(),
-        class_names: Vec::new(),
-    })
 }
 
-fn read_labels(path: &Path, classes: usize) -> Result<Vec<usize>> {
-    let (_, data) = read_idx(path, LABELS_MAGIC, "labels")?;
-    if let Some(i) = data.iter().position(|&l| l as usize >= classes) {
-        return Err(FlowError::data(
-            path.display(),
-            format!(
-                "label {} of item {i} is out of range 0..{}",
-                data[i],
-                classes - 1
-            ),
-        ));
+/// IDX images (and their labels, if a labels file is given), read a batch at a time.
+pub struct IdxImages {
+    images: IdxReader,
+    labels: Option<IdxReader>,
+    classes: usize,
+    /// Items read so far (for messages about a label).
+    done: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl IdxImages {
+    /// An images file, unlabelled until [`with_labels`](Self::with_labels).
+    pub fn open(images: &Path) -> Result<Self> {
+        let images = IdxReader::open(images, IMAGES_MAGIC, "images")?;
+        let (height, width) = (images.dims[1], images.dims[2]);
+        if height == 0 || width == 0 {
+            return Err(FlowError::data(
+                images.path.display(),
+                format!("images of {height}×{width} pixels: expected at least 1×1"),
+            ));
+        }
+        Ok(Self {
+            images,
+            labels: None,
+            classes: 0,
+            done: 0,
+            height,
+            width,
+        })
     }
-    Ok(data.iter().map(|&l| l as usize).collect())
+
+    /// The labels of these images (each below `classes`) from `labels`, whose header must
+    /// count as many items.
+    pub fn with_labels(mut self, labels: &Path, classes: usize) -> Result<Self> {
+        self.attach_labels(labels, classes)?;
+        Ok(self)
+    }
+
+    fn attach_labels(&mut self, labels: &Path, classes: usize) -> Result<()> {
+        let l = IdxReader::open(labels, LABELS_MAGIC, "labels")?;
+        if l.len() != self.images.len() {
+            return Err(FlowError::data(
+                l.path.display(),
+                format!(
+                    "has {} labels but {} has {} images; the two files must come from the same set",
+                    l.len(),
+                    self.images.path.display(),
+                    self.images.len()
+                ),
+            ));
+        }
+        self.labels = Some(l);
+        self.classes = classes;
+        Ok(())
+    }
+
+    /// Refuses reading every image at once when it would exceed the memory limit.
+    fn check_whole(&self) -> Result<()> {
+        crate::limits::check(
+            format!(
+                "{} ({} bytes)",
+                self.images.path.display(),
+                self.images.shape
+            ),
+            self.images.data_bytes() as f64,
+        )
+    }
+
+    /// The paths of the `prefix` part (`train` or `t10k`) of `mnist` or `fashion-mnist` in
+    /// `dir`: (images, labels), with their standard names, raw or `.gz`.
+    fn part_files(name: &str, dir: &Path, prefix: &str) -> Result<(PathBuf, PathBuf)> {
+        Ok((
+            find(name, dir, &format!("{prefix}-images-idx3-ubyte"))?,
+            find(name, dir, &format!("{prefix}-labels-idx1-ubyte"))?,
+        ))
+    }
+
+    /// The `prefix` part (`train` or `t10k`) of `mnist` or `fashion-mnist` in `dir`, with
+    /// its standard file names, raw or `.gz`.
+    pub fn open_part(name: &str, dir: &Path, prefix: &str) -> Result<Self> {
+        let (images, labels) = Self::part_files(name, dir, prefix)?;
+        Self::open(&images)?.with_labels(&labels, class_names(name).len())
+    }
+
+    /// Images in the file.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The images file.
+    pub fn path(&self) -> &Path {
+        &self.images.path
+    }
+
+    /// The next `max` images (H×W bytes each) and their labels (empty without a labels
+    /// file); `None` after the last, once both files were checked to end there.
+    pub fn read(&mut self, max: usize) -> Result<Option<(Vec<u8>, Vec<usize>)>> {
+        let Some(pixels) = self.images.read(max)? else {
+            if let Some(l) = &mut self.labels {
+                l.check_end()?;
+            }
+            return Ok(None);
+        };
+        let n = pixels.len() / (self.height * self.width);
+        let labels = match self.labels {
+            Some(_) => self.read_labels(n)?,
+            None => Vec::new(),
+        };
+        self.done += n;
+        Ok(Some((pixels, labels)))
+    }
+
+    /// The next `n` labels (fewer at the end), each checked to be below the class count.
+    fn read_labels(&mut self, n: usize) -> Result<Vec<usize>> {
+        let Some(l) = &mut self.labels else {
+            return Ok(Vec::new());
+        };
+        let bytes = l.read(n)?.unwrap_or_default();
+        if let Some(i) = bytes.iter().position(|&b| b as usize >= self.classes) {
+            return Err(FlowError::data(
+                l.path.display(),
+                format!(
+                    "label {} of item {} is out of range 0..{}",
+                    bytes[i],
+                    self.done + i,
+                    self.classes.saturating_sub(1)
+                ),
+            ));
+        }
+        Ok(bytes.into_iter().map(usize::from).collect())
+    }
 }
 
 #[cfg(test)]
@@ -404,5 +588,74 @@ pub(super) mod tests {
         labels[10] = 12;
         std::fs::write(dir.join("train-labels-idx1-ubyte"), labels).unwrap();
         assert!(err("mnist", &dir).contains("label 12 of item 2 is out of range 0..9"));
+    }
+
+    /// Everything a stream gives in batches of `batch`.
+    fn stream_all(mut s: IdxImages, batch: usize) -> Result<(Vec<u8>, Vec<usize>)> {
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        while let Some((p, l)) = s.read(batch)? {
+            assert!(p.len() <= batch * 6 && !p.is_empty());
+            pixels.extend(p);
+            labels.extend(l);
+        }
+        Ok((pixels, labels))
+    }
+
+    #[test]
+    fn streams_give_what_the_whole_file_loader_gives_in_any_batch_size() {
+        let dir = fixture("idx_stream");
+        let s = load("mnist", &dir).unwrap();
+        let (Data::Images(train), Data::Images(test)) = (&s.train, &s.test) else {
+            panic!("images expected")
+        };
+        for batch in [1, 2, 3, 100] {
+            for (prefix, whole) in [("train", train), ("t10k", test)] {
+                let stream = IdxImages::open_part("mnist", &dir, prefix).unwrap();
+                assert_eq!(
+                    (stream.len(), stream.height, stream.width),
+                    (whole.len(), 3, 2)
+                );
+                let (pixels, labels) = stream_all(stream, batch).unwrap();
+                assert_eq!((&pixels, &labels), (&whole.pixels, &whole.labels));
+            }
+        }
+        // An images file alone: unlabelled.
+        let alone = IdxImages::open(&dir.join("train-images-idx3-ubyte")).unwrap();
+        let (pixels, labels) = stream_all(alone, 2).unwrap();
+        assert_eq!(pixels, train.pixels);
+        assert!(labels.is_empty());
+    }
+
+    #[test]
+    fn a_gzip_stream_that_ends_early_or_late_is_found_when_its_end_is_reached() {
+        let dir = fixture("idx_stream_bad");
+        let path = dir.join("t10k-images-idx3-ubyte.gz");
+        let bytes = idx_images(5, 3, 2);
+        std::fs::write(&path, gz(&bytes[..bytes.len() - 4])).unwrap();
+        let mut s = IdxImages::open(&path).unwrap();
+        assert_eq!(s.read(2).unwrap().unwrap().0.len(), 12);
+        let e = stream_all(s, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("t10k-images-idx3-ubyte.gz: truncated: the header promises 30 data bytes (5×3×2), found 26"),
+            "{e}"
+        );
+        let mut long = bytes.clone();
+        long.extend([1, 2, 3]);
+        std::fs::write(&path, gz(&long)).unwrap();
+        let e = stream_all(IdxImages::open(&path).unwrap(), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("too long: the header promises 30 data bytes (5×3×2), found 33"),
+            "{e}"
+        );
+        // A label out of range is found in the batch that holds it, numbered in the file.
+        let mut labels = idx_labels(5);
+        labels[8 + 3] = 10;
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), labels).unwrap();
+        let mut s = IdxImages::open_part("mnist", &dir, "train").unwrap();
+        assert!(s.read(2).is_ok());
+        let e = s.read(2).unwrap_err().to_string();
+        assert!(e.contains("label 10 of item 3 is out of range 0..9"), "{e}");
     }
 }

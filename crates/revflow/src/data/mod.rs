@@ -13,8 +13,14 @@
 //!
 //! Every problem with a file or name is a [`FlowError::Data`](crate::FlowError::Data) naming
 //! the file and what was expected; nothing here panics on bad input.
+//!
+//! The file formats can also be read a batch at a time, so that memory follows the batch and
+//! not the file ([`IdxImages`], [`CifarReader`], [`CsvReader`], [`FolderReader`]); the
+//! whole-set loaders are these readers asked for everything, with the same checks.
+//! [`Convert`] resizes images or changes their channels where a user asks for it.
 
 mod cifar;
+mod convert;
 mod csv;
 mod digits;
 mod fetch;
@@ -27,8 +33,14 @@ use std::path::Path;
 use crate::rng::Rng;
 use crate::{FlowError, Result};
 
+pub use cifar::CifarReader;
+pub use convert::Convert;
+pub use csv::{CsvReader, CsvRows};
 pub use fetch::fetch;
-pub use folder::load_image_folder;
+pub use folder::{
+    decode as decode_image, header as image_header, load_image_folder, FolderImage, FolderReader,
+};
+pub use idx::{IdxImages, IdxReader};
 
 /// 8-bit images, row-major N×C×H×W.
 #[derive(Debug, Clone)]
@@ -159,7 +171,8 @@ impl Data {
         self.class_names().len()
     }
 
-    fn subset(&self, idx: &[usize]) -> Data {
+    /// The items at `idx`, in that order (indices may repeat).
+    pub fn subset(&self, idx: &[usize]) -> Data {
         match self {
             Data::Images(s) => Data::Images(s.subset(idx)),
             Data::Vectors(s) => Data::Vectors(s.subset(idx)),
@@ -289,6 +302,15 @@ pub fn load_resized(
             name,
             format!("unknown data set; expected one of {}", names_list()),
         )),
+    }
+}
+
+/// The classes of a file-based set: `mnist`, `fashion-mnist` or `cifar10` (empty for others).
+pub fn class_names_of(name: &str) -> Vec<String> {
+    match name {
+        "mnist" | "fashion-mnist" => idx::class_names(name),
+        "cifar10" => cifar::CLASSES.iter().map(|s| s.to_string()).collect(),
+        _ => Vec::new(),
     }
 }
 

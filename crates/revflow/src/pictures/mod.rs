@@ -119,29 +119,6 @@ pub fn scatter(points: &[[f32; 2]], reference: &[[f32; 2]], size: u32) -> RgbIma
     out
 }
 
-/// Reads an image file as 8-bit C×H×W values for a model of `shape` (C = 1: grey, 3: RGB).
-pub fn read_image(path: &Path, shape: [usize; 3]) -> Result<Vec<u8>> {
-    let [c, h, w] = shape;
-    let img = image::open(path)
-        .map_err(|e| FlowError::data(path.display(), format!("cannot read the image ({e})")))?;
-    let (iw, ih) = (img.width() as usize, img.height() as usize);
-    let found_c = if img.color().has_color() { 3 } else { 1 };
-    if (iw, ih) != (w, h) || found_c != c {
-        return Err(FlowError::data(
-            path.display(),
-            format!("is {iw}×{ih} with {found_c} channel(s), the model expects {w}×{h} with {c} channel(s)"),
-        ));
-    }
-    Ok(if c == 1 {
-        img.to_luma8().into_raw()
-    } else {
-        let rgb = img.to_rgb8();
-        (0..3)
-            .flat_map(|ch| rgb.pixels().map(move |p| p[ch]).collect::<Vec<_>>())
-            .collect()
-    })
-}
-
 /// One image, C×H×W 8-bit, as an RGB (C = 3) picture of its own size, else (like [`grid`])
 /// a grey one of its first channel.
 pub fn single(pixels: &[u8], shape: [usize; 3]) -> DynamicImage {

@@ -4,12 +4,8 @@ use burn::tensor::Device;
 
 use crate::data::{Data, ImageSet};
 use crate::error::{FlowError, Result};
-use crate::models::{bits_per_dim, Model};
-
-use crate::flow::to_f32;
-use crate::noise::{self, Purpose};
-
-use super::batches::rows;
+use crate::models::Model;
+use crate::scoring::{score, ClassMode, Inputs, Kind, Part, Scorer, Source};
 
 /// Test-set likelihood: mean log-likelihood in nats per sample, bits/dim, and each sample's
 /// bits/dim (for ranking inputs, e.g. to find out-of-distribution ones).
@@ -20,9 +16,11 @@ pub struct Evaluation {
     pub per_sample: Vec<f64>,
 }
 
-/// Evaluates `model` (an inference copy) on all of `data`, in batches. Each input's
-/// dequantisation noise is keyed by its content and `seed` (see [`crate::noise`]), so the
-/// same checkpoint always gives the same number, whatever the batch size or device.
+/// Evaluates `model` (an inference copy) on all of `data` (of `dims` values per input), in
+/// batches: the scoring core ([`crate::scoring`]) with each input's own label for a
+/// class-conditional model. Each input's dequantisation noise is keyed by its content and
+/// `seed` (see [`crate::noise`]), so the same checkpoint always gives the same numbers,
+/// whatever the batch size or device.
 pub fn evaluate(
     model: &Model,
     data: &Data,
@@ -32,39 +30,27 @@ pub fn evaluate(
     seed: u64,
     device: &Device,
 ) -> Result<Evaluation> {
-    let n = data.len();
-    let mut per_sample = Vec::with_capacity(n);
-    let mut total = 0.0;
-    for start in (0..n).step_by(batch_size.max(1)) {
-        let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-        let (x, y) = rows(data, &idx, classes, device);
-        let keys: Vec<u64> = to_f32(&x)?
-            .chunks(dims.max(1))
-            .map(noise::content_key)
-            .collect();
-        let u = noise::uniform(seed, Purpose::Score, &keys, 0, dims, device);
-        let (log_p, _) = model.log_prob(x, y.as_ref(), Some(&u))?;
-        let values = log_p
-            .into_data()
-            .try_to_vec_as::<f64>()
-            .map_err(|e| FlowError::value("evaluate", format!("{e:?}")))?;
-        for (i, v) in (start..).zip(values) {
-            // One non-finite likelihood would turn the mean into NaN: report it instead.
-            if !v.is_finite() {
-                return Err(FlowError::value(
-                    "evaluate",
-                    format!("the model gives input {i} the log-likelihood {v}; it cannot score this data"),
-                ));
-            }
-            total += v;
-            per_sample.push(bits_per_dim(v, dims));
-        }
+    let kind = match data {
+        Data::Images(s) => Kind::Images([s.channels, s.height, s.width]),
+        Data::Vectors(s) => Kind::Vectors(s.dim),
+    };
+    if kind.dims() != dims {
+        return Err(FlowError::shape(
+            "evaluate",
+            format!("{dims} values per input"),
+            kind.dims(),
+        ));
     }
-    let nats = total / n.max(1) as f64;
+    let scorer = Scorer::new(model, kind, classes, seed)
+        .class(ClassMode::OwnLabel)?
+        .batch_size(batch_size)?
+        .device(device);
+    let mut inputs = Inputs::one(Source::of_data(data, Part::Test, kind)?);
+    let scores = score(&scorer, &mut inputs, 0, &mut |_| Ok(()), &mut |_| {})?;
     Ok(Evaluation {
-        nats: -nats,
-        bits_per_dim: bits_per_dim(nats, dims),
-        per_sample,
+        nats: scores.nats,
+        bits_per_dim: scores.mean(),
+        per_sample: scores.bits_per_dim,
     })
 }
 
