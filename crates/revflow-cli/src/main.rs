@@ -292,13 +292,13 @@ const LAYERS: &[(&str, &str, &str)] = &[
 
 fn run(command: Command, ranks: &Ranks) -> Result<Report, FlowError> {
     match &command {
-        Command::Train(_) | Command::Eval(_) => {}
+        Command::Train(_) | Command::Eval(_) | Command::Score(_) => {}
         other => ranks.alone(other.name())?,
     }
     match command {
         Command::Train(args) => train::run(*args, ranks),
-        Command::Eval(args) => use_model::eval(args),
-        Command::Score(args) => score::run(*args),
+        Command::Eval(args) => use_model::eval(args, ranks),
+        Command::Score(args) => score::run(*args, ranks),
         Command::Sample(args) => use_model::sample(args),
         Command::Encode(args) => use_model::encode(args),
         Command::Decode(args) => use_model::decode(args),

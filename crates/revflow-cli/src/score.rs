@@ -15,6 +15,7 @@ use revflow::validate::in_range;
 use revflow::{FlowError, Result};
 use serde_json::json;
 
+use crate::ranks::Ranks;
 use crate::use_model::{open, Loaded};
 use crate::Report;
 
@@ -66,7 +67,7 @@ pub struct ScoreArgs {
 /// Inputs kept per set for the strips of the picture.
 const STRIP: usize = 16;
 
-pub fn run(args: ScoreArgs) -> Result<Report> {
+pub fn run(args: ScoreArgs, ranks: &Ranks) -> Result<Report> {
     in_range("--dequant-samples", args.dequant_samples, 1..)?;
     in_range("--batch-size", args.batch_size, 1..)?;
     in_range("--typicality-batch", args.typicality_batch, 1..)?;
@@ -87,7 +88,10 @@ pub fn run(args: ScoreArgs) -> Result<Report> {
         .scorer()
         .class(class)?
         .dequant_samples(args.dequant_samples)?
-        .batch_size(args.batch_size)?;
+        .batch_size(args.batch_size)?
+        .group(ranks.group());
+    // Under MPI every rank scores a share of each batch and gets every score; rank 0 writes.
+    let lead = ranks.leads();
     let convert = Convert {
         resize: args.resize,
         channels: match (args.grayscale, args.rgb) {
@@ -103,13 +107,15 @@ pub fn run(args: ScoreArgs) -> Result<Report> {
     let mut first = context.open_all(&args.inputs)?;
     let mut other = context.open_all(&args.against)?;
     let comparing = !args.against.is_empty();
-    std::fs::create_dir_all(&args.out).map_err(|source| FlowError::Io {
-        path: args.out.clone(),
-        source,
-    })?;
+    if lead {
+        std::fs::create_dir_all(&args.out).map_err(|source| FlowError::Io {
+            path: args.out.clone(),
+            source,
+        })?;
+    }
     let keep = if comparing { STRIP } else { 0 };
     let csv = args.out.join("scores.csv");
-    let scores = scored(&scorer, &mut first, &csv, keep)?;
+    let scores = scored(&scorer, &mut first, lead.then_some(&*csv), keep)?;
     let what = likelihood(&run, class);
     let mut human = vec![format!(
         "{}: {} ({} inputs, {what}): {} bits/dim; {:.0} inputs/s; {}",
@@ -127,7 +133,7 @@ pub fn run(args: ScoreArgs) -> Result<Report> {
     });
     if comparing {
         let against_csv = args.out.join("against.csv");
-        let other_scores = scored(&scorer, &mut other, &against_csv, keep)?;
+        let other_scores = scored(&scorer, &mut other, lead.then_some(&*against_csv), keep)?;
         let splits = context.splits()?;
         let h = train_mean(&scorer, &splits.train, args.train_reference)?;
         let cmp = Comparison::of(
@@ -151,7 +157,9 @@ pub fn run(args: ScoreArgs) -> Result<Report> {
             &cmp,
             run.config.model.image_shape(),
         )?;
-        save_png(image, &picture)?;
+        if lead {
+            save_png(image, &picture)?;
+        }
         human.push(format!(
             "against {b} ({} inputs): {} bits/dim; {}",
             other_scores.bits_per_dim.len(),
@@ -210,10 +218,12 @@ fn set_json(inputs: &Inputs, scores: &Scores, csv: &Path) -> serde_json::Value {
     })
 }
 
-/// Scores a set into `csv`, with a progress bar on a terminal for more than a few batches.
-fn scored(scorer: &Scorer, inputs: &mut Inputs, csv: &Path, keep: usize) -> Result<Scores> {
+/// Scores a set into `csv` (rank 0 only), with a progress bar on a terminal for more than a
+/// few batches.
+fn scored(scorer: &Scorer, inputs: &mut Inputs, csv: Option<&Path>, keep: usize) -> Result<Scores> {
     let total = inputs.len();
-    let bar = (std::io::stderr().is_terminal() && total.is_none_or(|n| n > 1000)).then(|| {
+    let show = csv.is_some() && std::io::stderr().is_terminal();
+    let bar = (show && total.is_none_or(|n| n > 1000)).then(|| {
         let bar = ProgressBar::new(total.unwrap_or(0) as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} inputs, {msg}, ETA {eta}")
@@ -222,7 +232,7 @@ fn scored(scorer: &Scorer, inputs: &mut Inputs, csv: &Path, keep: usize) -> Resu
         bar
     });
     let started = std::time::Instant::now();
-    let scores = score_into(scorer, inputs, Some(csv), keep, &mut |done| {
+    let scores = score_into(scorer, inputs, csv, keep, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done as u64);
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);

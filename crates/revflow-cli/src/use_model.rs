@@ -16,6 +16,7 @@ use revflow::{FlowError, Result};
 
 use serde_json::json;
 
+use crate::ranks::Ranks;
 use crate::Report;
 
 /// A trained run, ready for inference.
@@ -197,7 +198,7 @@ pub struct EvalArgs {
     pub batch_size: usize,
 }
 
-pub fn eval(args: EvalArgs) -> Result<Report> {
+pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
     in_range("--batch-size", args.batch_size, 1..)?;
     let run = open(&args.run)?;
     if !matches!(args.split.as_str(), "test" | "train") {
@@ -218,15 +219,12 @@ pub fn eval(args: EvalArgs) -> Result<Report> {
     let scorer = run
         .scorer()
         .class(ClassMode::OwnLabel)?
-        .batch_size(args.batch_size)?;
+        .batch_size(args.batch_size)?
+        .group(ranks.group());
     let mut inputs = context.open_all(std::slice::from_ref(&args.split))?;
-    let scores = score_into(
-        &scorer,
-        &mut inputs,
-        args.per_sample.as_deref(),
-        0,
-        &mut |_| {},
-    )?;
+    // Under MPI every rank gets every score; rank 0 writes them.
+    let per_sample = args.per_sample.as_deref().filter(|_| ranks.leads());
+    let scores = score_into(&scorer, &mut inputs, per_sample, 0, &mut |_| {})?;
     let dims = run.config.model.dims();
     let bits = scores.mean();
     Ok(Report {

@@ -236,3 +236,55 @@ fn what_cannot_run_on_several_ranks_is_refused_in_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn score_and_eval_on_two_ranks_write_what_one_process_writes_byte_for_byte() {
+    if !enabled() {
+        return;
+    }
+    let dir = temp("score");
+    let short: Vec<&str> = GLOW
+        .iter()
+        .map(|a| if *a == "24" { "10" } else { a })
+        .collect();
+    ok(
+        revflow(
+            &[&["train", "--out", "run"], &short[..]].concat(),
+            &dir,
+            &[],
+        ),
+        "train",
+    );
+    // Batches of 7: shards of 4 and 3, and a last batch shorter than the ranks are many.
+    let score = |out: &'static str| {
+        vec![
+            "score",
+            "run",
+            "test",
+            "--batch-size",
+            "7",
+            "--out",
+            out,
+            "--against",
+            "invert:test:0..50",
+        ]
+    };
+    ok(revflow(&score("one"), &dir, &[]), "score alone");
+    ok(mpirun(2, &score("two"), &dir, &[]), "score on two ranks");
+    for file in ["scores.csv", "against.csv", "comparison.png"] {
+        let (a, b) = (dir.join("one").join(file), dir.join("two").join(file));
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{file}"
+        );
+    }
+    let eval = |csv: &'static str| vec!["eval", "run", "--batch-size", "5", "--per-sample", csv];
+    ok(revflow(&eval("one.csv"), &dir, &[]), "eval alone");
+    ok(mpirun(2, &eval("two.csv"), &dir, &[]), "eval on two ranks");
+    assert_eq!(
+        std::fs::read(dir.join("one.csv")).unwrap(),
+        std::fs::read(dir.join("two.csv")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,7 @@ use crate::error::{FlowError, Result};
 use crate::flow::Cond;
 use crate::models::{bits_per_dim, Model};
 use crate::noise::{self, Purpose};
+use crate::parallel::{self, Group, Single};
 use crate::training::one_hot;
 use crate::validate::in_range;
 
@@ -57,6 +58,7 @@ pub struct Scorer<'a> {
     class: ClassMode,
     batch_size: usize,
     device: Device,
+    group: Option<&'a dyn Group>,
 }
 
 impl<'a> Scorer<'a> {
@@ -74,7 +76,15 @@ impl<'a> Scorer<'a> {
             class: ClassMode::Marginal,
             batch_size: crate::training::EVAL_BATCH,
             device: Device::flex(),
+            group: None,
         }
+    }
+
+    /// Shares every batch among the ranks of `group` (MPI): each scores its shard of the
+    /// batch and every rank gets all the scores, the same as one process's.
+    pub fn group(mut self, group: Option<&'a dyn Group>) -> Self {
+        self.group = group;
+        self
     }
 
     /// Averages `k` dequantisations (importance-weighted); vector models have none.
@@ -141,14 +151,23 @@ impl<'a> Scorer<'a> {
             ));
         }
         let mut out = Vec::with_capacity(rows.len());
+        let group = self.group.unwrap_or(&Single);
         for start in (0..rows.len()).step_by(self.batch_size) {
             let len = self.batch_size.min(rows.len() - start);
-            let values = &rows.values[start * d..(start + len) * d];
-            out.extend(self.batch(
-                values,
-                &rows.classes[start..start + len],
-                &rows.ids[start..],
-            )?);
+            // This rank's shard of the batch; the others' scores arrive by the sum.
+            let mine = parallel::shard(len, group);
+            let (a, b) = (start + mine.start, start + mine.end);
+            let mut scores = vec![0.0; len];
+            if a < b {
+                let part = self.batch(
+                    &rows.values[a * d..b * d],
+                    &rows.classes[a..b],
+                    &rows.ids[a..],
+                )?;
+                scores[mine].copy_from_slice(&part);
+            }
+            group.sum_f64(&mut scores);
+            out.extend(scores);
         }
         for (v, id) in out.iter().zip(&rows.ids) {
             // One non-finite likelihood would turn every mean into NaN: name the input.

@@ -5,6 +5,7 @@ use burn::tensor::Device;
 use crate::data::{Data, ImageSet};
 use crate::error::{FlowError, Result};
 use crate::models::Model;
+use crate::parallel::Group;
 use crate::scoring::{score, ClassMode, Inputs, Kind, Part, Scorer, Source};
 
 /// Test-set likelihood: mean log-likelihood in nats per sample, bits/dim, and each sample's
@@ -20,7 +21,8 @@ pub struct Evaluation {
 /// batches: the scoring core ([`crate::scoring`]) with each input's own label for a
 /// class-conditional model. Each input's dequantisation noise is keyed by its content and
 /// `seed` (see [`crate::noise`]), so the same checkpoint always gives the same numbers,
-/// whatever the batch size or device.
+/// whatever the batch size, device or number of ranks (`group`: MPI ranks sharing the work).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
     data: &Data,
@@ -29,6 +31,7 @@ pub fn evaluate(
     batch_size: usize,
     seed: u64,
     device: &Device,
+    group: Option<&dyn Group>,
 ) -> Result<Evaluation> {
     let kind = match data {
         Data::Images(s) => Kind::Images([s.channels, s.height, s.width]),
@@ -44,7 +47,8 @@ pub fn evaluate(
     let scorer = Scorer::new(model, kind, classes, seed)
         .class(ClassMode::OwnLabel)?
         .batch_size(batch_size)?
-        .device(device);
+        .device(device)
+        .group(group);
     let mut inputs = Inputs::one(Source::of_data(data, Part::Test, kind)?);
     let scores = score(&scorer, &mut inputs, 0, &mut |_| Ok(()), &mut |_| {})?;
     Ok(Evaluation {

@@ -372,16 +372,16 @@ impl Run<'_> {
 
     fn evaluate(&self, model: &Model) -> Result<Evaluation> {
         let device = Device::flex();
-        // The command line's `eval` uses the same batches, so both report the same number.
-        let batch = EVAL_BATCH;
+        // Every rank takes a share of the test set and gets every score.
         evaluate(
             model,
             &self.data.test,
             self.dims(),
             self.classes(),
-            batch,
+            EVAL_BATCH,
             self.config.train.seed,
             &device,
+            self.group,
         )
     }
 }

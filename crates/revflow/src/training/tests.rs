@@ -181,6 +181,7 @@ fn evaluate_checkpoint(config: &RunConfig, data: &Splits, dir: &RunDir) -> f64 {
         super::EVAL_BATCH,
         config.train.seed,
         &device,
+        None,
     )
     .unwrap()
     .bits_per_dim
