@@ -181,8 +181,15 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     }
     let mut rows = Vec::new();
     let mut lines = vec![format!(
-        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9}",
-        "config", "batch", "train ms", "eval ms", "sample ms", "train GFLOP/s", "peak MiB"
+        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>11}",
+        "config",
+        "batch",
+        "train ms",
+        "eval ms",
+        "sample ms",
+        "train GFLOP/s",
+        "peak MiB",
+        "gradient MB"
     )];
     for config in &chosen {
         let t = revflow::bench::run(config, args.iters, args.device)?;
@@ -192,8 +199,16 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
             false => format!("{:.0}", t.peak_rss_mb),
         };
         lines.push(format!(
-            "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9}",
-            t.config, t.batch, t.train_ms, t.eval_ms, t.sample_ms, t.train_gflops, peak
+            "{:<9} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>11.2}",
+            t.config,
+            t.batch,
+            t.train_ms,
+            t.eval_ms,
+            t.sample_ms,
+            t.train_gflops,
+            peak,
+            // What a data-parallel step all-reduces (see README, Distributed training).
+            t.trained_parameters as f64 * 4.0 / 1e6
         ));
         if let Some(d) = t.logp_vs_cpu {
             lines.push(format!(

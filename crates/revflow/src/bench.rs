@@ -130,6 +130,8 @@ pub struct Timings {
     /// FLOP/s of the training step, counting it as 3 forward passes (forward + backward).
     pub train_gflops: f64,
     pub peak_rss_mb: f64,
+    /// Trained parameters: a data-parallel step all-reduces 4 bytes of gradient for each.
+    pub trained_parameters: usize,
     /// On a GPU: the largest relative difference of its log p from the CPU backend's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logp_vs_cpu: Option<f64>,
@@ -217,6 +219,7 @@ pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timin
     let device = plain.clone().autodiff();
     device.seed(3);
     let (mut model, x) = setup(config, &device)?;
+    let trained_parameters = crate::parallel::gradient_values(&model);
     let dims = config.glow.shape.iter().product::<usize>() as f64;
     let mut optimizer = AdamConfig::new().init();
     let keys = crate::noise::indices(0, config.batch);
@@ -262,6 +265,7 @@ pub fn run(config: &BenchConfig, iters: usize, backend: Backend) -> Result<Timin
         sample_ms,
         train_gflops: 3.0 * forward_flops(&config.glow, config.batch) / (train_ms * 1e-3) / 1e9,
         peak_rss_mb: peak_rss_mb(),
+        trained_parameters,
         logp_vs_cpu,
     })
 }

@@ -148,6 +148,21 @@ pub fn sum_gradients<M: Module>(
     Ok(grads)
 }
 
+/// Values all-reduced per step: those of every parameter that is trained (f32 each).
+pub fn gradient_values<M: Module>(model: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.val().is_require_grad() {
+                self.0 += param.val().dims().iter().product::<usize>();
+            }
+        }
+    }
+    let mut count = Count(0);
+    model.visit(&mut count);
+    count.0
+}
+
 /// Rank 0's parameter values on every rank (after initialisation or loading), keeping each
 /// parameter's id and whether it requires gradients.
 pub fn broadcast_parameters<M: Module>(model: M, group: &dyn Group) -> Result<M> {
