@@ -4,8 +4,12 @@
 //! these tests fail (never skip) if either is missing. Without the variable they return at once,
 //! so a plain `cargo test --workspace` needs no MPI.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
+
+use common::{ok, temp, tiny_glow_with};
 
 fn enabled() -> bool {
     let on = std::env::var_os("REVFLOW_TEST_MPI").is_some();
@@ -14,15 +18,6 @@ fn enabled() -> bool {
         panic!("REVFLOW_TEST_MPI is set but the binary was built without the mpi feature");
     }
     on
-}
-
-fn revflow(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revflow"))
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(cwd)
-        .output()
-        .expect("revflow runs")
 }
 
 fn mpirun(ranks: usize, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
@@ -40,17 +35,15 @@ fn mpirun(ranks: usize, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Outp
         .expect("mpirun runs (Open MPI: .ci/install-deps.sh)")
 }
 
-fn ok(out: Output, what: &str) -> String {
+/// `mpirun -n ranks revflow args…` succeeded; its stderr.
+fn ok_on(ranks: usize, args: &[&str], cwd: &Path) -> String {
+    let out = mpirun(ranks, args, cwd, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{what} failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "mpirun -n {ranks} revflow {args:?} failed: {stderr}"
+    );
     stderr
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("revflow-mpi-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// `(step, value)` of `key` in a run's metrics.jsonl.
@@ -79,61 +72,62 @@ fn same_curve(a: &Path, b: &Path, key: &str) {
     }
 }
 
-const GLOW: &[&str] = &[
-    "--levels",
-    "2",
-    "--depth",
-    "2",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "16",
-    "--eval-every",
-    "12",
-    "--checkpoint-every",
-    "8",
-    "--steps",
-    "24",
-];
+/// A tiny Glow for `steps` steps, evaluated at step 12 and checkpointed every 8.
+fn glow(out: &'static str, steps: &'static str) -> Vec<&'static str> {
+    let options = [
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "12",
+        "--checkpoint-every",
+        "8",
+        "--steps",
+        steps,
+        "--n-bits",
+        "4",
+    ];
+    [&["train", "--out", out][..], &tiny_glow_with(&options)].concat()
+}
 
 #[test]
 fn two_ranks_train_glow_and_a_vector_flow_like_one_process() {
     if !enabled() {
         return;
     }
-    let dir = temp("curves");
-    let vector = [
-        "--data",
-        "moons",
-        "--samples",
-        "600",
-        "--flow-steps",
-        "3",
-        "--hidden",
-        "16",
-        "--batch-size",
-        "32",
-        "--eval-every",
-        "10",
-        "--steps",
-        "20",
-    ];
-    for (name, args) in [("glow", GLOW), ("vector", &vector[..])] {
-        let one = format!("{name}-one");
-        let two = format!("{name}-two");
-        ok(
-            revflow(&[&["train", "--out", &one], args].concat(), &dir, &[]),
-            "one process",
-        );
-        let stderr = ok(
-            mpirun(2, &[&["train", "--out", &two], args].concat(), &dir, &[]),
-            "two ranks",
-        );
+    let dir = temp("mpi-curves");
+    let vector = |out: &'static str| {
+        vec![
+            "train",
+            "--out",
+            out,
+            "--data",
+            "moons",
+            "--samples",
+            "600",
+            "--flow-steps",
+            "3",
+            "--hidden",
+            "16",
+            "--batch-size",
+            "32",
+            "--eval-every",
+            "10",
+            "--steps",
+            "20",
+        ]
+    };
+    for (one, two) in [
+        (glow("glow-one", "24"), glow("glow-two", "24")),
+        (vector("vector-one"), vector("vector-two")),
+    ] {
+        ok(&one, &dir);
+        let stderr = ok_on(2, &two, &dir);
         // Rank 0 alone reports.
         assert_eq!(stderr.matches("revflow: training").count(), 1, "{stderr}");
         assert!(stderr.contains("on 2 ranks"), "{stderr}");
-        same_curve(&dir.join(&one), &dir.join(&two), "loss");
-        same_curve(&dir.join(&one), &dir.join(&two), "test_bits_per_dim");
+        let (a, b) = (dir.join(one[2]), dir.join(two[2]));
+        same_curve(&a, &b, "loss");
+        same_curve(&a, &b, "test_bits_per_dim");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -143,32 +137,12 @@ fn a_two_rank_run_resumes_with_one_rank_on_the_same_curve() {
     if !enabled() {
         return;
     }
-    let dir = temp("resume");
-    let short: Vec<&str> = GLOW
-        .iter()
-        .map(|a| if *a == "24" { "16" } else { a })
-        .collect();
-    ok(
-        mpirun(
-            2,
-            &[&["train", "--out", "run"], &short[..]].concat(),
-            &dir,
-            &[],
-        ),
-        "two ranks",
-    );
-    ok(
-        revflow(
-            &[&["train", "--resume", "--out", "run"], GLOW].concat(),
-            &dir,
-            &[],
-        ),
-        "resume with one",
-    );
-    ok(
-        revflow(&[&["train", "--out", "one"], GLOW].concat(), &dir, &[]),
-        "one process",
-    );
+    let dir = temp("mpi-resume");
+    ok_on(2, &glow("run", "16"), &dir);
+    let mut resume = glow("run", "24");
+    resume.insert(1, "--resume");
+    ok(&resume, &dir);
+    ok(&glow("one", "24"), &dir);
     same_curve(&dir.join("one"), &dir.join("run"), "loss");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -178,10 +152,10 @@ fn an_error_on_one_rank_ends_every_rank_with_one_line_and_a_resumable_run() {
     if !enabled() {
         return;
     }
-    let dir = temp("abort");
+    let dir = temp("mpi-abort");
     let out = mpirun(
         2,
-        &[&["train", "--out", "run"], GLOW].concat(),
+        &glow("run", "24"),
         &dir,
         &[("REVFLOW_FAIL_STEP", "1:13")],
     );
@@ -198,14 +172,9 @@ fn an_error_on_one_rank_ends_every_rank_with_one_line_and_a_resumable_run() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     // The checkpoint of step 8 is intact: the run resumes and finishes.
-    ok(
-        revflow(
-            &[&["train", "--resume", "--out", "run"], GLOW].concat(),
-            &dir,
-            &[],
-        ),
-        "resume",
-    );
+    let mut resume = glow("run", "24");
+    resume.insert(1, "--resume");
+    ok(&resume, &dir);
     let steps = metric(&dir.join("run"), "loss");
     assert_eq!(steps.last().map(|s| s.0), Some(24));
     let _ = std::fs::remove_dir_all(&dir);
@@ -216,7 +185,7 @@ fn what_cannot_run_on_several_ranks_is_refused_in_one_line() {
     if !enabled() {
         return;
     }
-    let dir = temp("refused");
+    let dir = temp("mpi-refused");
     for (args, needle) in [
         (
             vec!["train", "--model", "realnvp", "--steps", "2", "--out", "r"],
@@ -242,20 +211,9 @@ fn score_and_eval_on_two_ranks_write_what_one_process_writes_byte_for_byte() {
     if !enabled() {
         return;
     }
-    let dir = temp("score");
-    let short: Vec<&str> = GLOW
-        .iter()
-        .map(|a| if *a == "24" { "10" } else { a })
-        .collect();
-    ok(
-        revflow(
-            &[&["train", "--out", "run"], &short[..]].concat(),
-            &dir,
-            &[],
-        ),
-        "train",
-    );
-    // Batches of 7: shards of 4 and 3, and a last batch shorter than the ranks are many.
+    let dir = temp("mpi-score");
+    ok(&glow("run", "10"), &dir);
+    // Batches of 7: shards of 4 and 3, and a last batch of fewer inputs than ranks.
     let score = |out: &'static str| {
         vec![
             "score",
@@ -269,8 +227,8 @@ fn score_and_eval_on_two_ranks_write_what_one_process_writes_byte_for_byte() {
             "invert:test:0..50",
         ]
     };
-    ok(revflow(&score("one"), &dir, &[]), "score alone");
-    ok(mpirun(2, &score("two"), &dir, &[]), "score on two ranks");
+    ok(&score("one"), &dir);
+    ok_on(2, &score("two"), &dir);
     for file in ["scores.csv", "against.csv", "comparison.png"] {
         let (a, b) = (dir.join("one").join(file), dir.join("two").join(file));
         assert_eq!(
@@ -280,8 +238,8 @@ fn score_and_eval_on_two_ranks_write_what_one_process_writes_byte_for_byte() {
         );
     }
     let eval = |csv: &'static str| vec!["eval", "run", "--batch-size", "5", "--per-sample", csv];
-    ok(revflow(&eval("one.csv"), &dir, &[]), "eval alone");
-    ok(mpirun(2, &eval("two.csv"), &dir, &[]), "eval on two ranks");
+    ok(&eval("one.csv"), &dir);
+    ok_on(2, &eval("two.csv"), &dir);
     assert_eq!(
         std::fs::read(dir.join("one.csv")).unwrap(),
         std::fs::read(dir.join("two.csv")).unwrap()
