@@ -73,7 +73,7 @@ fn same_curve(a: &Path, b: &Path, key: &str) {
 }
 
 /// A tiny Glow for `steps` steps, evaluated at step 12 and checkpointed every 8.
-fn glow(out: &'static str, steps: &'static str) -> Vec<&'static str> {
+fn glow<'a>(out: &'a str, steps: &'a str) -> Vec<&'a str> {
     let options = [
         "--batch-size",
         "16",
@@ -243,6 +243,71 @@ fn score_and_eval_on_two_ranks_write_what_one_process_writes_byte_for_byte() {
     assert_eq!(
         std::fs::read(dir.join("one.csv")).unwrap(),
         std::fs::read(dir.join("two.csv")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The process of `rank` in the job whose ranks carry `tag` in their environment.
+fn rank_pid(tag: &str, rank: usize) -> Option<i32> {
+    let want = [tag.to_string(), format!("OMPI_COMM_WORLD_RANK={rank}")];
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(entry.path().join("environ")).ok()?;
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            want.iter()
+                .all(|w| vars.contains(&w.as_bytes()))
+                .then_some(pid)
+        })
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes() {
+    if !enabled() {
+        return;
+    }
+    let dir = temp("mpi-kill");
+    let tag = format!("REVFLOW_TEST_TAG={}", std::process::id());
+    let (key, value) = tag.split_once('=').unwrap();
+    let mut job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-q", "-n", "2"])
+        .args(["-x", &format!("{key}={value}")])
+        .arg(env!("CARGO_BIN_EXE_revflow"))
+        .args(glow("run", "100000"))
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("mpirun starts");
+    // Wait for two checkpoints (every 8 steps), then kill rank 1 as the OOM killer would.
+    let started = std::time::Instant::now();
+    while !dir.join("run/ckpt-000016").exists() {
+        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no checkpoint of step 16"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = rank_pid(&tag, 1).expect("rank 1 found");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let status = job.wait().unwrap();
+    assert!(!status.success(), "mpirun must fail when a rank dies");
+    // The run resumes from its last complete checkpoint, in one process.
+    let latest = std::fs::read_to_string(dir.join("run/LATEST")).unwrap();
+    let state = std::fs::read_to_string(dir.join("run").join(latest.trim()).join("state.json"));
+    let state: serde_json::Value = serde_json::from_str(&state.unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!(step >= 16, "{state}");
+    let target = (step + 3).to_string();
+    let mut resume = glow("run", &target);
+    resume.push("--resume");
+    ok(&resume, &dir);
+    assert_eq!(
+        metric(&dir.join("run"), "loss").last().map(|s| s.0),
+        Some(step + 3)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
