@@ -16,7 +16,7 @@ use revflow::{FlowError, Result};
 use serde_json::json;
 
 use crate::ranks::Ranks;
-use crate::use_model::{open, Loaded};
+use crate::use_model::{open, DeviceArg, Loaded};
 use crate::Report;
 
 /// The options of `revflow score` (its help is on the subcommand, in main.rs).
@@ -24,6 +24,8 @@ use crate::Report;
 pub struct ScoreArgs {
     /// Run directory (from `revflow train --out`).
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// What to score (see above); several are scored as one set.
     #[arg(required = true)]
     pub inputs: Vec<String>,
@@ -72,7 +74,7 @@ pub fn run(args: ScoreArgs, ranks: &Ranks) -> Result<Report> {
     in_range("--batch-size", args.batch_size, 1..)?;
     in_range("--typicality-batch", args.typicality_batch, 1..)?;
     in_range("--train-reference", args.train_reference, 1..)?;
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let class = match &args.class {
         Some(name) if run.classes() == 0 => {
             return Err(FlowError::Config(format!(

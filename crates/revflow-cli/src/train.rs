@@ -18,7 +18,7 @@ use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::ranks::Ranks;
-use crate::use_model::draw_samples;
+use crate::use_model::{draw_samples, DeviceArg};
 use crate::Report;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -56,6 +56,8 @@ const DEFAULT_SAMPLES: usize = 8192;
 /// a time, and a crash at any moment leaves a complete checkpoint to resume from.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Model family (default: glow for images, vector for vectors).
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,
@@ -432,6 +434,8 @@ pub(crate) fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> 
 
 /// Loads the data a run was (or will be) trained on.
 pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
+    // Before anything is read or written: a device this build lacks is one line.
+    let device = args.device.device()?;
     let (config, dir) = if args.resume {
         let out = args
             .out
@@ -500,6 +504,7 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
             &splits.test,
             &samples_dir.join(format!("step-{step:06}.png")),
             0.7,
+            &device,
         )
     };
     let stop = stop_on_signals()?;
@@ -510,6 +515,7 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
         draw_samples: Some(&draw),
         stop: Some(&stop),
         group: ranks.group(),
+        device: device.clone(),
     };
     let mut progress = Progress::new();
     let summary = run

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use revflow::burn::tensor::{Device, Tensor, TensorData};
 use revflow::data::Data;
+use revflow::device::Backend;
 use revflow::latents::{self, pixels, walk};
 use revflow::models::Model;
 use revflow::pictures::{check_grid, grid, save_png, scatter, single};
@@ -27,10 +28,26 @@ pub(crate) struct Loaded {
     pub dir: RunDir,
 }
 
-pub(crate) fn open(run: &Path) -> Result<Loaded> {
+/// `--device`, on every command that runs a model.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Where the model runs: cpu, wgpu (a GPU through Vulkan, Metal or DirectX; revflow built
+    /// with `--features wgpu`) or cuda (`--features cuda`). Checkpoints do not depend on it:
+    /// train on one device, sample on another.
+    #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
+    pub backend: Backend,
+}
+
+impl DeviceArg {
+    pub fn device(&self) -> Result<Device> {
+        self.backend.device()
+    }
+}
+
+pub(crate) fn open(run: &Path, device: &DeviceArg) -> Result<Loaded> {
+    let device = device.device()?;
     let dir = RunDir::new(run);
     let config = dir.read_config()?;
-    let device = Device::flex();
     let model = dir.load_model(&config, &device)?;
     Ok(Loaded {
         config,
@@ -145,8 +162,8 @@ pub fn draw_samples(
     test: &Data,
     path: &Path,
     temperature: f64,
+    device: &Device,
 ) -> Result<()> {
-    let device = Device::flex();
     let classes = config.model.classes();
     let n = if config.model.image_shape().is_some() {
         64
@@ -156,16 +173,10 @@ pub fn draw_samples(
     let labels: Vec<usize> = (0..n)
         .map(|i| if classes > 0 { (i / 8) % classes } else { 0 })
         .collect();
-    let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, &device));
+    let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, device));
     // The same latents at every step, so that the grids show training progress.
     let keys = revflow::noise::indices(0, n);
-    let x = model.sample(
-        config.train.seed,
-        &keys,
-        temperature,
-        cond.as_ref(),
-        &device,
-    )?;
+    let x = model.sample(config.train.seed, &keys, temperature, cond.as_ref(), device)?;
     let picture = match config.model.image_shape() {
         Some(shape) => grid(&pixels(x), shape, 8, 4),
         None => {
@@ -185,6 +196,8 @@ pub fn draw_samples(
 pub struct EvalArgs {
     /// Run directory (from `revflow train --out`).
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Which split: test or train.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -200,7 +213,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
     in_range("--batch-size", args.batch_size, 1..)?;
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     if !matches!(args.split.as_str(), "test" | "train") {
         return Err(FlowError::Config(format!(
             "--split must be test or train, not {:?}",
@@ -245,6 +258,8 @@ pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Number of samples (per temperature).
     #[arg(short, default_value_t = 64)]
     pub n: usize,
@@ -277,7 +292,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
     for &t in &args.temperatures {
         in_range("--temperatures", t, 0.0..)?;
     }
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
     if class.is_some() && run.classes() == 0 {
         return Err(FlowError::Config(format!(
@@ -366,6 +381,8 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Image files, or rows of the run's data: test:N, train:N, test:A..B.
     #[arg(required = true)]
     pub inputs: Vec<String>,
@@ -378,7 +395,7 @@ pub struct EncodeArgs {
 }
 
 pub fn encode(args: EncodeArgs) -> Result<Report> {
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
     let (x, labels) = run.inputs(&args.inputs, class)?;
     let zs = latents::encode(&run.model, x, run.labels(&labels).as_ref())?;
@@ -411,6 +428,8 @@ pub fn encode(args: EncodeArgs) -> Result<Report> {
 #[derive(Args, Debug)]
 pub struct DecodeArgs {
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     pub latents: PathBuf,
     /// Folder for the decoded images (0.png, 1.png, …) or, for vectors, a CSV file.
     #[arg(long, default_value = "decoded")]
@@ -418,7 +437,7 @@ pub struct DecodeArgs {
 }
 
 pub fn decode(args: DecodeArgs) -> Result<Report> {
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let (zs, meta) = latents::load(&args.latents, &run.device)?;
     let n = zs[0].dims()[0];
     let labels: Vec<usize> = meta
@@ -449,6 +468,8 @@ pub fn decode(args: DecodeArgs) -> Result<Report> {
 #[derive(Args, Debug)]
 pub struct InterpolateArgs {
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// First input (image file or test:N / train:N).
     pub a: String,
     /// Second input.
@@ -478,7 +499,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     in_range("--steps", args.steps, 2..)?;
     one_input(&args.a)?;
     one_input(&args.b)?;
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let shape = run.image_shape("interpolate")?;
     let steps = args.steps;
     let dims = run.config.model.dims() as f64;
@@ -508,6 +529,8 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
 #[derive(Args, Debug)]
 pub struct ManipulateArgs {
     pub run: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// The input (image file or test:N / train:N).
     pub input: String,
     /// Class the direction starts from (name or index).
@@ -596,7 +619,7 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     }
     in_range("--per-class", args.per_class, 1..)?;
     one_input(&args.input)?;
-    let run = open(&args.run)?;
+    let run = open(&args.run, &args.device)?;
     let shape = run.image_shape("manipulate")?;
     // The input first: a bad one is refused before the mean latents are computed.
     let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;

@@ -999,3 +999,19 @@ fn requests_beyond_the_memory_limit_are_one_line_and_outputs_come_in_batches() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+#[cfg(not(feature = "wgpu"))]
+fn a_device_this_build_lacks_is_one_line_before_anything_is_read_or_written() {
+    let dir = temp("device");
+    for args in [
+        vec!["train", "--device", "wgpu", "--steps", "2", "--out", "run"],
+        vec!["eval", "run", "--device", "wgpu"],
+        vec!["sample", "run", "--device", "wgpu"],
+        vec!["score", "run", "test", "--device", "wgpu"],
+    ] {
+        refused(&args, &dir, "built without the wgpu backend; rebuild with");
+    }
+    assert!(!dir.join("run").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -249,6 +249,7 @@ fn trained(
             draw_samples: None,
             stop: None,
             group: None,
+            device: Device::flex(),
         };
         run.train(false, &mut |_| {})?.test.bits_per_dim
     };

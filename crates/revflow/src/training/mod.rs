@@ -126,6 +126,9 @@ pub struct Run<'a> {
     /// The ranks sharing this run (data parallelism, see [`crate::parallel`]); `None`: one
     /// process. Rank 0 alone writes the run's files and draws samples.
     pub group: Option<&'a dyn Group>,
+    /// Where the model trains and is evaluated (see [`crate::device`]); training uses its
+    /// autodiff form. Checkpoints do not depend on it.
+    pub device: Device,
 }
 
 impl Run<'_> {
@@ -149,7 +152,7 @@ impl Run<'_> {
     /// Starts a new run (`resume = false`) or continues the one in `dir`.
     pub fn train(&self, resume: bool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
         let started = Instant::now();
-        let device = Device::flex().autodiff();
+        let device = self.device.clone().autodiff();
         let tc = &self.config.train;
         let (group, lead) = (self.group(), self.leads());
         self.config.validate()?;
@@ -371,7 +374,6 @@ impl Run<'_> {
     }
 
     fn evaluate(&self, model: &Model) -> Result<Evaluation> {
-        let device = Device::flex();
         // Every rank takes a share of the test set and gets every score.
         evaluate(
             model,
@@ -380,7 +382,7 @@ impl Run<'_> {
             self.classes(),
             EVAL_BATCH,
             self.config.train.seed,
-            &device,
+            &self.device,
             self.group,
         )
     }

@@ -133,6 +133,7 @@ fn train(config: RunConfig, data: &Splits, dir: &RunDir, resume: bool) -> Result
         draw_samples: None,
         stop: None,
         group: None,
+        device: Device::flex(),
     }
     .train(resume, &mut |_| {})
 }
@@ -377,6 +378,7 @@ fn resuming_reproduces_the_loss_curve() {
                 draw_samples: None,
                 stop: None,
                 group: None,
+                device: Device::flex(),
             }
             .train(false, &mut |e| {
                 if let Event::Step { step: 17, .. } = e {
@@ -538,6 +540,7 @@ fn a_run_directory_holds_a_complete_checkpoint() {
             draw_samples: Some(&hook),
             stop: None,
             group: None,
+            device: Device::flex(),
         }
         .train(false, &mut |e| events.push(e))
         .unwrap();
