@@ -427,14 +427,7 @@ impl Model {
             total,
             device,
         ) * temperature;
-        let mut start = 0;
-        levels
-            .iter()
-            .map(|&d| {
-                start += d;
-                eps.clone().narrow(1, start - d, d)
-            })
-            .collect()
+        split_levels(&eps, levels)
     }
 
     /// Latents of every level, `(N, dᵢ)` each, the top last.
@@ -514,6 +507,17 @@ impl Model {
             Model::Flat(m) => Model::Flat(m.data_init(x, cond, noise)?),
         })
     }
+}
+
+/// Rows of every level's latents side by side `(N, Σ dᵢ)` → one `(N, dᵢ)` tensor per level.
+fn split_levels(all: &Tensor<2>, dims: &[usize]) -> Vec<Tensor<2>> {
+    let mut start = 0;
+    dims.iter()
+        .map(|&d| {
+            start += d;
+            all.clone().narrow(1, start - d, d)
+        })
+        .collect()
 }
 
 /// Bits per dimension from a log-likelihood in nats over `dims` dimensions.
@@ -944,12 +948,7 @@ mod tests {
             // The same as decoding T·ε drawn from the host generator.
             let eps =
                 noise::standard(model.standard(), 7, Purpose::Sample, &[3, 1], 0, d, &dev) * 0.8;
-            let mut levels = Vec::new();
-            let mut start = 0;
-            for n in model.latent_dims() {
-                levels.push(eps.clone().narrow(1, start, n));
-                start += n;
-            }
+            let levels = split_levels(&eps, &model.latent_dims());
             let by_hand = to_vec(model.destandardize(&levels, None).unwrap());
             assert_eq!(by_hand, some, "{}", config.name());
             // And standardize inverts it (bin centres: the pixels decode to themselves).
