@@ -4,9 +4,13 @@
 # trained on the CPU is evaluated, encoded, decoded and sampled on both devices, and one
 # short training runs on each from the same seed. Output: one line per check, then PASS or
 # FAIL. Needs a wgpu build: `cargo build --release -p revflow-cli --features wgpu`; on Debian
-# without a GPU, `apt-get install mesa-vulkan-drivers libvulkan1`.
+# without a GPU, `apt-get install mesa-vulkan-drivers libvulkan1`. REVFLOW names the binary,
+# DEVICE the GPU device (default vulkan: wgpu pinned to Vulkan, never OpenGL). CI runs it
+# through `tests/vulkan.rs`.
 set -euo pipefail
 B=${REVFLOW:-$(cd "$(dirname "$0")/.." && pwd)/target/release/revflow}
+GPU=${DEVICE:-vulkan}
+echo "device $GPU: $("$B" devices --json | python3 -c "import json,sys; print(', '.join(d['device'] + ' ' + d['name'] for d in json.load(sys.stdin)))")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -21,12 +25,12 @@ below() { python3 -c "import sys; print(int(float(sys.argv[1]) <= float(sys.argv
 "$B" train "${tiny[@]}" --steps 40 --out cpu-run --device cpu >/dev/null 2>&1
 # 1. The same checkpoint's test bits/dim on both devices.
 a=$("$B" eval cpu-run --device cpu --json | python3 -c "import json,sys; print(json.load(sys.stdin)['bits_per_dim'])")
-b=$("$B" eval cpu-run --device wgpu --json | python3 -c "import json,sys; print(json.load(sys.stdin)['bits_per_dim'])")
+b=$("$B" eval cpu-run --device "$GPU" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['bits_per_dim'])")
 r=$(rel "$b" "$a")
-check "eval: a CPU-trained checkpoint on wgpu" "$(below "$r" 1e-4)" "cpu $a, wgpu $b bits/dim, relative difference $r"
+check "eval: a CPU-trained checkpoint on $GPU" "$(below "$r" 1e-4)" "cpu $a, $GPU $b bits/dim, relative difference $r"
 
 # 2. Encoded on wgpu, decoded on the CPU: the same pixels.
-"$B" encode cpu-run test:0..32 --device wgpu --out z.safetensors >/dev/null
+"$B" encode cpu-run test:0..32 --device "$GPU" --out z.safetensors >/dev/null
 "$B" decode cpu-run z.safetensors --device cpu --out back >/dev/null
 "$B" encode cpu-run test:0..32 --device cpu --out zc.safetensors >/dev/null
 "$B" decode cpu-run zc.safetensors --device cpu --out backc >/dev/null
@@ -37,19 +41,19 @@ a, b = digest('back'), digest('backc')
 print(sum(x == y for x, y in zip(a, b)), len(a))
 EOF
 )
-check "encode on wgpu, decode on the CPU" "$([ "${same% *}" = "${same#* }" ] && echo 1 || echo 0)" "$same images identical to the CPU's round trip"
+check "encode on $GPU, decode on the CPU" "$([ "${same% *}" = "${same#* }" ] && echo 1 || echo 0)" "$same images identical to the CPU's round trip"
 
 # 3. Samples of one seed on both devices: the same latents (drawn on the host).
 "$B" sample cpu-run -n 16 --seed 3 --device cpu --csv sc.csv --out sc.png >/dev/null
-"$B" sample cpu-run -n 16 --seed 3 --device wgpu --csv sw.csv --out sw.png >/dev/null
+"$B" sample cpu-run -n 16 --seed 3 --device "$GPU" --csv sw.csv --out sw.png >/dev/null
 frac=$(python3 -c "
 a=open('sc.csv').read().split(); b=open('sw.csv').read().split()
 va=[float(x) for l in a for x in l.split(',')]; vb=[float(x) for l in b for x in l.split(',')]
 print(sum(x==y for x,y in zip(va,vb))/len(va))")
-check "samples of seed 3" "$(below 0.99 "$frac")" "fraction of pixels equal on wgpu and cpu: $frac"
+check "samples of seed 3" "$(below 0.99 "$frac")" "fraction of pixels equal on $GPU and cpu: $frac"
 
 # 4. Training on each device from the same seed: the same loss curve for a few steps.
-"$B" train "${tiny[@]}" --steps 5 --out wgpu-run --device wgpu >/dev/null 2>&1
+"$B" train "${tiny[@]}" --steps 5 --out wgpu-run --device "$GPU" >/dev/null 2>&1
 "$B" train "${tiny[@]}" --steps 5 --out cpu-run5 --device cpu >/dev/null 2>&1
 worst=$(python3 - <<'EOF'
 import json
@@ -58,6 +62,12 @@ a, b = losses('cpu-run5'), losses('wgpu-run')
 print(max(abs(x - y) / abs(x) for x, y in zip(a, b)), len(a))
 EOF
 )
-check "5 training steps on wgpu" "$(below "${worst% *}" 1e-3)" "largest relative loss difference ${worst% *} over ${worst#* } steps"
+check "5 training steps on $GPU" "$(below "${worst% *}" 1e-3)" "largest relative loss difference ${worst% *} over ${worst#* } steps"
+
+# 5. The run records where it trained.
+where=$(python3 -c "
+import json
+print(next(json.loads(l)['device'] for l in open('wgpu-run/metrics.jsonl') if '\"started\"' in l))")
+check "the run records its device" "$([ -n "$where" ] && [ "${where#cpu}" = "$where" ] && echo 1 || echo 0)" "metrics.jsonl: trained on $where"
 
 [ "$fail" = 0 ] && echo PASS || { echo FAIL; exit 1; }

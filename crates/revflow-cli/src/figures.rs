@@ -9,6 +9,7 @@ use revflow::validate::in_range;
 use revflow::FlowError;
 use serde_json::json;
 
+use crate::use_model::DeviceArg;
 use crate::Report;
 
 /// Draw the figures that explain flows: the 1-D change of variables, why the log-determinant
@@ -34,6 +35,8 @@ pub struct FiguresArgs {
     pub run: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(args: FiguresArgs) -> Result<Report, FlowError> {
@@ -53,6 +56,7 @@ pub fn run(args: FiguresArgs) -> Result<Report, FlowError> {
         image_steps: args.image_steps,
         run: args.run.clone(),
         seed: args.seed,
+        device: args.device.device()?,
     };
     let started = Instant::now();
     let mut lines = Vec::new();

@@ -88,6 +88,8 @@ enum Command {
     },
     /// List the invertible layers revflow provides, with their log-determinants.
     Layers,
+    /// List the devices this build can run on, as `--device` names them (cpu, wgpu:N, cuda:N).
+    Devices,
     /// Draw the figures that show how flows work (change of variables, log-det, 2-D flows,
     /// coupling animation, image latents), computed from models trained on the spot.
     Figures(figures::FiguresArgs),
@@ -110,6 +112,7 @@ impl Command {
             Command::Manipulate(_) => "manipulate",
             Command::Data { .. } => "data",
             Command::Layers => "layers",
+            Command::Devices => "devices",
             Command::Figures(_) => "figures",
             Command::Bench(_) => "bench",
         }
@@ -139,8 +142,8 @@ struct BenchArgs {
     /// operation, to measure what the fusion brings.
     #[arg(long)]
     unfused: bool,
-    /// Where to run: cpu, or a GPU with wgpu (Vulkan/Metal/DirectX) or cuda; the GPU backends
-    /// need revflow built with `--features wgpu` or `--features cuda` (see bench/README.md).
+    /// Where to run: cpu, or a GPU: wgpu, wgpu:N, vulkan, cuda, cuda:N (see `revflow devices`);
+    /// the GPU backends need revflow built with `--features wgpu` or `--features cuda`.
     #[arg(long, default_value = "cpu")]
     device: Backend,
 }
@@ -234,6 +237,30 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
             "gemm_1024_gflops": gemm,
             "device": args.device.to_string(),
         }),
+    })
+}
+
+/// Every device of every backend built in; a backend without adapters says so.
+fn devices() -> Result<Report, FlowError> {
+    let mut rows = Vec::new();
+    let mut lines = Vec::new();
+    for family in [Backend::Cpu, Backend::Wgpu(None), Backend::Cuda(None)] {
+        match revflow::device::adapters(family) {
+            Ok(found) if found.is_empty() => lines.push(format!("{family:<8} no adapter found")),
+            Ok(found) => {
+                for a in found {
+                    lines.push(format!("{:<8} {}", a.spec, a.name));
+                    rows.push(serde_json::json!({"device": a.spec.to_string(), "name": a.name}));
+                }
+            }
+            Err(_) => lines.push(format!(
+                "{family:<8} not built (cargo build --release -p revflow-cli --features {family})"
+            )),
+        }
+    }
+    Ok(Report {
+        human: lines.join("\n"),
+        json: serde_json::json!(rows),
     })
 }
 
@@ -338,6 +365,7 @@ fn run(command: Command, ranks: &Ranks) -> Result<Report, FlowError> {
             })
         }
         Command::Bench(args) => bench(args),
+        Command::Devices => devices(),
         Command::Figures(args) => figures::run(args),
         Command::Layers => Ok(Report {
             human: LAYERS

@@ -31,9 +31,10 @@ pub(crate) struct Loaded {
 /// `--device`, on every command that runs a model.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArg {
-    /// Where the model runs: cpu, wgpu (a GPU through Vulkan, Metal or DirectX; revflow built
-    /// with `--features wgpu`) or cuda (`--features cuda`). Checkpoints do not depend on it:
-    /// train on one device, sample on another.
+    /// Where the model runs: cpu; wgpu (the best GPU wgpu finds, through Vulkan, Metal or
+    /// DirectX; revflow built with `--features wgpu`), wgpu:N (adapter N of `revflow devices`),
+    /// vulkan (wgpu pinned to Vulkan); cuda or cuda:N (`--features cuda`). Checkpoints do not
+    /// depend on it: train on one device, sample on another.
     #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
     pub backend: Backend,
 }

@@ -1009,9 +1009,34 @@ fn a_device_this_build_lacks_is_one_line_before_anything_is_read_or_written() {
         vec!["eval", "run", "--device", "wgpu"],
         vec!["sample", "run", "--device", "wgpu"],
         vec!["score", "run", "test", "--device", "wgpu"],
+        vec!["encode", "run", "test", "--device", "wgpu:1"],
+        vec!["decode", "run", "z.safetensors", "--device", "vulkan"],
+        vec!["figures", "--device", "wgpu", "--out", "run"],
     ] {
         refused(&args, &dir, "built without the wgpu backend; rebuild with");
     }
     assert!(!dir.join("run").exists());
+    // `revflow devices` names the CPU and how to build the GPU backends.
+    let out = ok(&["devices"], &dir);
+    assert!(out.starts_with("cpu "), "{out}");
+    assert!(out.contains("--features wgpu"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_malformed_device_is_one_line_naming_the_forms() {
+    let dir = temp("bad-device");
+    for (device, says) in [
+        ("tpu", "expected cpu, wgpu, wgpu:N, vulkan, cuda or cuda:N"),
+        ("wgpu:x", "whole number"),
+        ("cpu:1", "takes no index"),
+    ] {
+        // clap's error: its first line names the value and our reason, exit code 2.
+        let out = revflow(&["sample", "run", "--device", device], &dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(device) && first.contains(says), "{stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

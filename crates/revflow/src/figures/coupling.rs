@@ -11,7 +11,6 @@
 
 use std::io::BufWriter;
 
-use burn::tensor::Device;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, RgbImage};
 use plotters::prelude::*;
@@ -158,7 +157,7 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
 
 /// The animation and the static strip of one trained flow; its numbers are prefixed `stem`.
 fn animate(toy: &Toy, stem: &str, title: &str, options: &Options, made: &mut Made) -> Result<()> {
-    let device = Device::flex();
+    let device = options.device.clone();
     let data: Vec<[f64; 2]> = points(&toy.data.test).into_iter().take(1000).collect();
     let layers = &toy.model.flow.layers;
 

@@ -37,7 +37,12 @@ fn window(points: &[[f64; 2]]) -> ([f64; 2], f64) {
 
 /// The model's density on an `n`×`n` grid of cell centres over the window, row by row from
 /// the top, and its integral over the window (≈ 1 when the window holds the mass).
-fn density(model: &FlatFlow, (c, half): ([f64; 2], f64), n: usize) -> Result<(Vec<f64>, f64)> {
+fn density(
+    model: &FlatFlow,
+    (c, half): ([f64; 2], f64),
+    n: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, f64)> {
     let cell = 2.0 * half / n as f64;
     let grid: Vec<[f64; 2]> = (0..n * n)
         .map(|i| {
@@ -48,10 +53,9 @@ fn density(model: &FlatFlow, (c, half): ([f64; 2], f64), n: usize) -> Result<(Ve
             ]
         })
         .collect();
-    let device = Device::flex();
     let mut p = Vec::with_capacity(n * n);
     for chunk in grid.chunks(16_384) {
-        let (log_p, _) = model.log_prob(tensor(chunk, &device), None, None)?;
+        let (log_p, _) = model.log_prob(tensor(chunk, device), None, None)?;
         let values = log_p.into_data().try_to_vec_as::<f32>().expect("f32");
         p.extend(values.into_iter().map(|v| (v as f64).exp()));
     }
@@ -162,8 +166,7 @@ fn scatter_panel(
 }
 
 /// Lines of constant z₁ (`true`) and z₂ in latent space, pulled back into data space by f⁻¹.
-fn pulled_back_grid(model: &FlatFlow) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
-    let device = Device::flex();
+fn pulled_back_grid(model: &FlatFlow, device: &Device) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
     let along: Vec<f64> = (0..=300).map(|i| -3.2 + 6.4 * i as f64 / 300.0).collect();
     let mut lines = Vec::new();
     for t in (-6..=6).map(|k| k as f64 * 0.5) {
@@ -172,7 +175,7 @@ fn pulled_back_grid(model: &FlatFlow) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
                 .iter()
                 .map(|&s| if vertical { [t, s] } else { [s, t] })
                 .collect();
-            let back = model.flow.inverse(tensor(&line, &device), None)?;
+            let back = model.flow.inverse(tensor(&line, device), None)?;
             lines.push((vertical, to_points(back)));
         }
     }
@@ -230,14 +233,13 @@ struct Panels {
     gaussian: f64,
 }
 
-fn panels(set: &'static str, toy: &Toy, seed: u64) -> Result<Panels> {
-    let device = Device::flex();
+fn panels(set: &'static str, toy: &Toy, seed: u64, device: &Device) -> Result<Panels> {
     let train = points(&toy.data.train);
     let data = points(&toy.data.test);
     let view = window(&train);
-    let latents = to_points(toy.model.flow.forward(tensor(&data, &device), None)?.0);
+    let latents = to_points(toy.model.flow.forward(tensor(&data, device), None)?.0);
     let n = 220;
-    let (p, integral) = density(&toy.model, view, n)?;
+    let (p, integral) = density(&toy.model, view, n, device)?;
     // Seeded, so that the command redraws the same picture.
     let keys = noise::indices(0, data.len().min(2000));
     let eps = noise::standard(
@@ -247,7 +249,7 @@ fn panels(set: &'static str, toy: &Toy, seed: u64) -> Result<Panels> {
         &keys,
         0,
         2,
-        &device,
+        device,
     );
     let samples = to_points(toy.model.destandardize(&[eps], None)?);
     Ok(Panels {
@@ -255,7 +257,7 @@ fn panels(set: &'static str, toy: &Toy, seed: u64) -> Result<Panels> {
         view,
         colours: colours(&data, view),
         gaussian: gaussian_bits_per_dim(&train, &data),
-        grid: pulled_back_grid(&toy.model)?,
+        grid: pulled_back_grid(&toy.model, device)?,
         heat: heat_map(&p, n),
         data,
         latents,
@@ -322,7 +324,7 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
     let mut columns = Vec::new();
     for set in TOY_SETS {
         let toy = trained_toy(set, options, progress)?;
-        let p = panels(set, &toy, options.seed)?;
+        let p = panels(set, &toy, options.seed, &options.device)?;
         made.number(format!("test_bits_per_dim_{set}"), p.bits_per_dim);
         made.number(format!("gaussian_bits_per_dim_{set}"), p.gaussian);
         made.number(format!("integral_{set}"), p.integral);

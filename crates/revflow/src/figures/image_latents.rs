@@ -3,7 +3,7 @@
 //! and only all of them together determine the image exactly); interpolation between test
 //! images; and moving an image along the direction between two classes' mean latents.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use image::RgbImage;
 use plotters::prelude::*;
 
@@ -37,7 +37,7 @@ fn image_model(
         }
         let splits = config.load_data()?;
         progress(&format!("using the image model in {}", run.display()));
-        let model = dir.load_model(&config, &Device::flex())?;
+        let model = dir.load_model(&config, &options.device)?;
         return Ok((config, model, splits));
     }
     let splits = data::load("digits", None, options.seed, 0)?;
@@ -65,7 +65,7 @@ fn image_model(
     };
     let dir = RunDir::new(&options.out.join("runs").join("digits-glow"));
     progress("digits: no --run DIR given, so the latent figures use a Glow on the digits");
-    let (model, _) = trained(&config, &splits, &dir, "digits", progress)?;
+    let (model, _) = trained(&config, &splits, &dir, "digits", &options.device, progress)?;
     Ok((config, model, splits))
 }
 
@@ -105,7 +105,7 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
     let (config, model, splits) = image_model(options, progress)?;
     let shape = config.model.image_shape().expect("an image model");
     let classes = config.model.classes();
-    let device = Device::flex();
+    let device = options.device.clone();
     let Data::Images(test) = &splits.test else {
         unreachable!("an image model's data are images")
     };
@@ -277,7 +277,7 @@ fn manipulation(
     }
     let shape = config.model.image_shape().expect("an image model");
     let classes = config.model.classes();
-    let device = Device::flex();
+    let device = options.device.clone();
     let alphas = [-0.5, 0.0, 0.5, 1.0, 1.5];
     let mut out_rows = Vec::new();
     let mut identity_mismatch = 0usize;

@@ -5,7 +5,6 @@
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::Device;
 use plotters::prelude::*;
 
 use super::{points, tensor, to_points, Made, Options};
@@ -41,7 +40,7 @@ fn flat(model: &Model) -> &crate::models::FlatFlow {
 fn train(with_logdet: bool, options: &Options) -> Result<Trace> {
     let splits = data::load(SET, None, options.seed, 4000)?;
     let probe = points(&splits.test);
-    let device = Device::flex().autodiff();
+    let device = options.device.clone().autodiff();
     device.seed(options.seed);
     let config = ModelConfig::Vector(VectorFlowConfig {
         steps: 4,
@@ -70,7 +69,7 @@ fn train(with_logdet: bool, options: &Options) -> Result<Trace> {
             let inference = model.valid();
             let (z, _) = flat(&inference)
                 .flow
-                .forward(tensor(&probe, &Device::flex()), None)?;
+                .forward(tensor(&probe, &options.device), None)?;
             let z = to_points(z);
             let n = z.len() as f64;
             let var: f64 = z.iter().map(|p| p[0] * p[0] + p[1] * p[1]).sum::<f64>() / (2.0 * n);
@@ -81,7 +80,7 @@ fn train(with_logdet: bool, options: &Options) -> Result<Trace> {
                     .push((step, z.iter().map(|p| p[0]).collect()));
             }
             if step == steps {
-                let (log_p, _) = inference.log_prob(tensor(&probe, &Device::flex()), None, None)?;
+                let (log_p, _) = inference.log_prob(tensor(&probe, &options.device), None, None)?;
                 let mean = log_p.mean().into_scalar::<f32>() as f64;
                 trace.bits_per_dim = bits_per_dim(mean, 2);
             }

@@ -104,6 +104,8 @@ pub struct Options {
     /// trained on the embedded digits.
     pub run: Option<PathBuf>,
     pub seed: u64,
+    /// Where the models train and run (the CPU by default; see [`crate::device`]).
+    pub device: Device,
 }
 
 impl Options {
@@ -114,6 +116,7 @@ impl Options {
             image_steps: 1500,
             run: None,
             seed: 0,
+            device: Device::flex(),
         }
     }
 }
@@ -205,7 +208,7 @@ fn trained_flow(
     };
     let data = config.load_data()?;
     let dir = RunDir::new(&options.out.join("runs").join(name));
-    let (model, test_bits_per_dim) = trained(&config, &data, &dir, set, progress)?;
+    let (model, test_bits_per_dim) = trained(&config, &data, &dir, set, &options.device, progress)?;
     let Model::Flat(model) = model else {
         unreachable!("a vector config builds a flat flow")
     };
@@ -223,6 +226,7 @@ fn trained(
     data: &Splits,
     dir: &RunDir,
     label: &str,
+    device: &Device,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Model, f64)> {
     let steps = config.train.steps;
@@ -249,11 +253,11 @@ fn trained(
             draw_samples: None,
             stop: None,
             group: None,
-            device: Device::flex(),
+            device: device.clone(),
         };
         run.train(false, &mut |_| {})?.test.bits_per_dim
     };
-    Ok((dir.load_model(config, &Device::flex())?, test_bits_per_dim))
+    Ok((dir.load_model(config, device)?, test_bits_per_dim))
 }
 
 /// The values of a 2-D set as points.

@@ -202,6 +202,13 @@ impl Run<'_> {
             true => Some(Metrics::open(&self.dir, start)?),
             false => None,
         };
+        if let Some(metrics) = &mut metrics {
+            // Where this stretch of training ran (a run may be resumed elsewhere).
+            metrics.write(&serde_json::json!({
+                "step": start, "started": if resume { "resumed" } else { "new" },
+                "device": crate::device::describe(&self.device), "ranks": group.size(),
+            }))?;
+        }
         on_event(Event::Started {
             step: start,
             steps: tc.steps,

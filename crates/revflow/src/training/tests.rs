@@ -431,6 +431,19 @@ fn resuming_reproduces_the_loss_curve() {
         let device = Device::flex();
         let weights = |dir: &RunDir| parameters(&dir.load_model(&cfg, &device).unwrap());
         assert_eq!(weights(&a), weights(&c));
+        // Each stretch of training records where it ran: C started at 0 and resumed at 15.
+        let starts: Vec<(u64, String, String)> = metrics(&c)
+            .iter()
+            .filter(|v| v.get("started").is_some())
+            .map(|v| {
+                let text = |k: &str| v[k].as_str().unwrap().to_string();
+                (v["step"].as_u64().unwrap(), text("started"), text("device"))
+            })
+            .collect();
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        assert_eq!((starts[0].0, starts[0].1.as_str()), (0, "new"));
+        assert_eq!((starts[1].0, starts[1].1.as_str()), (15, "resumed"));
+        assert!(starts.iter().all(|s| s.2.starts_with("cpu")), "{starts:?}");
     });
 }
 
@@ -577,9 +590,10 @@ fn a_run_directory_holds_a_complete_checkpoint() {
         assert_eq!(summary.steps, 12);
         assert_eq!(summary.test.per_sample.len(), 100);
 
-        // One line per step, then the evaluations at 5, 10 and the last step.
+        // Where training started, one line per step, and the evaluations at 5, 10 and 12.
         let lines = metrics(&dir);
-        assert_eq!(lines.len(), 12 + 3);
+        assert_eq!(lines.len(), 1 + 12 + 3);
+        assert_eq!(lines[0]["started"], "new");
         assert_eq!(losses(&dir).len(), 12);
         let evals = evaluations(&dir);
         assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [5, 10, 12]);
@@ -592,7 +606,7 @@ fn a_run_directory_holds_a_complete_checkpoint() {
             }
         }
         // Warm-up of 5 steps to lr 1e-3.
-        assert!((lines[0]["lr"].as_f64().unwrap() - 2e-4).abs() < 1e-12);
+        assert!((lines[1]["lr"].as_f64().unwrap() - 2e-4).abs() < 1e-12);
         assert_eq!(lines.last().unwrap()["step"], 12);
 
         assert_eq!(*drawn.borrow(), [5, 10, 12]);
