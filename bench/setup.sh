@@ -11,7 +11,7 @@ req="$here/requirements.txt"
 stamp="$venv/.requirements.sha256"
 python="${PYTHON:-python3}"
 want="$(sha256sum "$req" | cut -d' ' -f1)"
-check='import numpy, safetensors, torch; torch.ones(2).sum().item(); print("torch", torch.__version__)'
+check='import numpy, safetensors, torch, zuko; torch.ones(2).sum().item(); print("torch", torch.__version__)'
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && version="$("$venv/bin/python" -c "$check" 2>/dev/null)"; then
     echo "bench/.venv: up to date ($version)"

@@ -240,6 +240,40 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     })
 }
 
+fn export(
+    name: &str,
+    out: &std::path::Path,
+    samples: usize,
+    seed: u64,
+) -> Result<Report, FlowError> {
+    in_range("--data-samples", samples, 1..)?;
+    let splits = revflow::data::load(name, None, seed, samples)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| FlowError::Config(format!("{}: {e}", out.display())))?;
+    let mut files = Vec::new();
+    for (split, data) in [("train", &splits.train), ("test", &splits.test)] {
+        let revflow::data::Data::Vectors(set) = data else {
+            return Err(FlowError::Config(format!(
+                "{name} holds images; `data export` writes vector sets (2-D sets, csv:)"
+            )));
+        };
+        let path = out.join(format!("{split}.csv"));
+        revflow::files::write_atomic(&path, revflow::data::to_csv(set).as_bytes())?;
+        files.push((path, set.len()));
+    }
+    Ok(Report {
+        human: files
+            .iter()
+            .map(|(p, n)| format!("{}: {n} rows", p.display()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        json: serde_json::json!(files
+            .iter()
+            .map(|(p, n)| serde_json::json!({"file": p, "rows": n}))
+            .collect::<Vec<_>>()),
+    })
+}
+
 /// Every device of every backend built in; a backend without adapters says so.
 fn devices() -> Result<Report, FlowError> {
     let mut rows = Vec::new();
@@ -274,6 +308,19 @@ enum DataAction {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// Write a vector data set's training and test splits, exactly as `train --data NAME
+    /// --data-samples N --seed S` sees them, as OUT/train.csv and OUT/test.csv (to compare
+    /// with other libraries on the same points).
+    Export {
+        name: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Training points of a generated 2-D set (its test split has a quarter as many).
+        #[arg(long, default_value_t = 20_000)]
+        data_samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 const LAYERS: &[(&str, &str, &str)] = &[
@@ -307,6 +354,11 @@ const LAYERS: &[(&str, &str, &str)] = &[
         "Coupling (RealNVP affine)",
         "y_b = x_b·exp(ρ·tanh r) + t",
         "Σ ρ·tanh r",
+    ),
+    (
+        "Coupling (spline)",
+        "rational-quadratic spline on [−B, B], K bins",
+        "Σ log y_b′(x_b)",
     ),
     ("Squeeze", "2×2 space-to-depth", "0"),
     (
@@ -364,6 +416,15 @@ fn run(command: Command, ranks: &Ranks) -> Result<Report, FlowError> {
                 json: serde_json::json!({"data": name, "dir": dir}),
             })
         }
+        Command::Data {
+            action:
+                DataAction::Export {
+                    name,
+                    out,
+                    data_samples,
+                    seed,
+                },
+        } => export(&name, &out, data_samples, seed),
         Command::Bench(args) => bench(args),
         Command::Devices => devices(),
         Command::Figures(args) => figures::run(args),

@@ -14,6 +14,7 @@ use revflow::models::{
 use revflow::training::{
     check_resume, per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig, RESUMABLE,
 };
+use revflow::transforms::{SplineConfig, Transform};
 use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -33,6 +34,8 @@ pub enum ModelKind {
 pub enum CouplingArg {
     Additive,
     Affine,
+    /// Rational-quadratic spline (neural spline flows); see --bins, --tail-bound.
+    Spline,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,6 +127,12 @@ pub struct TrainArgs {
     /// Glow / vector: coupling type.
     #[arg(long, value_enum)]
     pub coupling: Option<CouplingArg>,
+    /// Spline couplings: bins K per spline, 2 to 64. [default: 8]
+    #[arg(long)]
+    pub bins: Option<usize>,
+    /// Spline couplings: each spline acts on [−B, B] and is the identity outside. [default: 3]
+    #[arg(long)]
+    pub tail_bound: Option<f64>,
     /// Glow / vector: how features are mixed between couplings (reverse: NICE's swap).
     #[arg(long, value_enum)]
     pub permutation: Option<PermutationArg>,
@@ -245,6 +254,19 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
 /// conditions on `classes` classes.
 fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> ModelConfig {
     let affine = args.coupling.map(|c| matches!(c, CouplingArg::Affine));
+    // --coupling spline (or --bins / --tail-bound on a spline run) sets the spline; another
+    // --coupling removes it.
+    let spline = |saved: Option<SplineConfig>| {
+        let base = match args.coupling {
+            Some(CouplingArg::Spline) => Some(saved.unwrap_or_default()),
+            Some(_) => None,
+            None => saved,
+        }?;
+        Some(SplineConfig {
+            bins: args.bins.unwrap_or(base.bins),
+            tail_bound: args.tail_bound.unwrap_or(base.tail_bound),
+        })
+    };
     let classes = |saved: usize| if args.ycond { classes } else { saved };
     match model {
         ModelConfig::Glow(c) => ModelConfig::Glow(GlowConfig {
@@ -252,6 +274,7 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
             depth: args.depth.unwrap_or(c.depth),
             hidden: args.hidden.unwrap_or(c.hidden),
             affine: affine.unwrap_or(c.affine),
+            spline: spline(c.spline),
             permutation: permutation(args.permutation, c.permutation),
             learn_top: c.learn_top && !args.no_learn_top,
             classes: classes(c.classes),
@@ -280,6 +303,7 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
             hidden: args.hidden.unwrap_or(c.hidden),
             layers: args.layers.unwrap_or(c.layers),
             affine: affine.unwrap_or(c.affine),
+            spline: spline(c.spline),
             permutation: permutation(args.permutation, c.permutation),
             classes: classes(c.classes),
             ..c
@@ -331,7 +355,7 @@ fn option_of(field: &str) -> String {
     match field {
         "model.steps" => "--flow-steps".into(),
         "model.classes" => "--ycond".into(),
-        "model.affine" => "--coupling".into(),
+        "model.affine" | "model.spline" => "--coupling".into(),
         "model.learn_top" => "--no-learn-top".into(),
         "data_samples" => "--samples".into(),
         _ if field.starts_with("data_resize") => "--resize".into(),
@@ -436,6 +460,7 @@ pub(crate) fn parse_size(text: &str) -> std::result::Result<(u32, u32), String> 
 pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
     // Before anything is read or written: a device this build lacks is one line.
     let device = args.device.device()?;
+
     let (config, dir) = if args.resume {
         let out = args
             .out
@@ -482,6 +507,19 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
         (config, dir)
     };
     config.validate().map_err(for_options)?;
+    if let Some(name) = [
+        ("--bins", args.bins),
+        ("--tail-bound", args.tail_bound.map(|_| 0)),
+    ]
+    .into_iter()
+    .find_map(|(name, v)| v.map(|_| name))
+    {
+        if !matches!(config.model.transform(), Some(Transform::Spline(_))) {
+            return Err(FlowError::Config(format!(
+                "{name} shapes spline couplings; add --coupling spline (Glow or vector models)"
+            )));
+        }
+    }
     let splits = config.load_data()?;
     let ranks_note = match ranks.group() {
         Some(g) => format!(" on {} ranks", g.size()),

@@ -7,9 +7,12 @@
 //! convolution differentiates into two large matrix products instead (`Wᵀ · G` and
 //! `G · columns(x)ᵀ`), which gemm runs well. Measured in bench/README.md.
 
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 /// `y = conv(x, weight) + bias` with zero padding k/2, for `weight` of shape
 /// `[c_out, c_in, k, k]`, k odd. Three forms of the same sum, chosen by shape:
@@ -76,6 +79,37 @@ fn window(padded: Tensor<4>, i: usize, k: usize, h: usize, w: usize) -> Tensor<4
     let (dy, dx) = (i / k, i % k);
     let [n, c, _, _] = padded.dims();
     padded.slice([0..n, 0..c, dy..dy + h, dx..dx + w])
+}
+
+/// `conv` applied through [`conv_same`]: same parameters, faster gradients.
+pub(crate) fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
+}
+
+/// Zero-initialised 3×3 convolution with a learned output scale `exp(3·log_s)`
+/// (Glow's `conv2d_zeros`): the coupling starts as the identity yet can grow quickly.
+#[derive(Module, Debug)]
+pub struct ZeroConv2d {
+    pub conv: Conv2d,
+    pub log_scale: Param<Tensor<1>>,
+}
+
+impl ZeroConv2d {
+    pub fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        let conv = Conv2dConfig::new([c_in, c_out], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        ZeroConv2d {
+            conv,
+            log_scale: Param::from_tensor(Tensor::zeros([c_out], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = self.log_scale.dims()[0];
+        apply(&self.conv, x) * (self.log_scale.val() * 3.0).exp().reshape([1, c, 1, 1])
+    }
 }
 
 #[cfg(test)]

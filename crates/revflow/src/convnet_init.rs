@@ -12,11 +12,12 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::conv::apply;
 use crate::error::Result;
 use crate::flow::{in_chunks, to_f32, Cond, Flow};
 use crate::fused::kernels::{self, Dims, Params};
 use crate::layers::{ActNorm, ChannelStats};
-use crate::nets::{apply, with_cond, ConvNet};
+use crate::nets::{with_cond, ConvNet};
 
 /// Bytes of second-layer activations kept for the whole batch rather than computed twice (at
 /// Glow's width 512 on 28×28 images, 256 samples hold 100 MiB).
@@ -199,8 +200,9 @@ impl SecondLayer for Fused {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nets::{Conditioner, ConvNetConfig};
+    use crate::nets::ConvNetConfig;
     use crate::testing::*;
+    use crate::transforms::Conditioner;
 
     /// Equal within 1e-5 relative (the target for chunked statistics).
     fn close(a: Tensor<1>, b: Tensor<1>, what: &str) {

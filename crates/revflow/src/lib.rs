@@ -13,8 +13,10 @@
 //! - [`flow`]: the [`Flow`] trait every layer implements, and [`Sequential`] composition.
 //! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, squeeze,
 //!   split, NICE scaling, batch normalisation, dequantisation and logit preprocessing.
-//! - [`nets`]: the networks inside coupling layers; [`fused`]: Glow's network as one CPU
-//!   operation with its own backward pass.
+//! - [`transforms`]: the elementwise maps a coupling applies (additive, affine, rational-quadratic
+//!   spline) and the [`Conditioner`](transforms::Conditioner) trait of the networks that
+//!   parameterise them; [`nets`]: those networks; [`fused`]: Glow's network and affine transform
+//!   as one CPU operation with its own backward pass.
 //! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
 //! - [`weights`]: saving and loading parameters as safetensors.
 
@@ -41,6 +43,7 @@ pub mod pictures;
 mod rng;
 pub mod scoring;
 pub mod training;
+pub mod transforms;
 pub mod validate;
 pub mod weights;
 

@@ -124,7 +124,9 @@ fn shape_of(model: &ModelConfig) -> Shape {
                     break; // no pixels left to squeeze: the model's own checks refuse it
                 }
                 (c, pixels) = (4.0 * c, pixels / 4.0);
-                let net = 9.0 * (c / 2.0 + classes) * hidden + hidden * hidden + 9.0 * hidden * c;
+                let outputs = f(g.transform().params()) * c / 2.0;
+                let net =
+                    9.0 * (c / 2.0 + classes) * hidden + hidden * hidden + 9.0 * hidden * outputs;
                 let step = 2.0 * c + c * c + net + 2.0 * c;
                 s.add(f(g.depth), step, hidden * pixels, c * pixels);
                 c /= 2.0;
@@ -164,19 +166,31 @@ fn shape_of(model: &ModelConfig) -> Shape {
         }
         ModelConfig::Nice(n) => {
             let d = f(n.shape.iter().product());
-            mlp_flow(d, f(n.couplings), f(n.hidden), f(n.layers), 0.0)
+            mlp_flow(d, f(n.couplings), f(n.hidden), f(n.layers), 0.0, 1.0)
         }
         ModelConfig::Vector(v) => {
             let d = f(v.dims);
-            let mut s = mlp_flow(d, f(v.steps), f(v.hidden), f(v.layers), f(v.classes));
+            let params = f(v.transform().params());
+            let mut s = mlp_flow(
+                d,
+                f(v.steps),
+                f(v.hidden),
+                f(v.layers),
+                f(v.classes),
+                params,
+            );
             s.params += f(v.steps) * (d * d + 2.0 * d);
             s
         }
     }
 }
 
-fn mlp_flow(d: f64, couplings: f64, hidden: f64, layers: f64, classes: f64) -> Shape {
-    let net = (d / 2.0 + classes) * hidden + (layers - 1.0).max(0.0) * hidden * hidden + hidden * d;
+/// `params`: the transform's parameters per feature (the vector couplings' alternating mask
+/// has the network output them for every feature).
+fn mlp_flow(d: f64, couplings: f64, hidden: f64, layers: f64, classes: f64, params: f64) -> Shape {
+    let net = (d / 2.0 + classes) * hidden
+        + (layers - 1.0).max(0.0) * hidden * hidden
+        + hidden * params * d;
     let mut s = Shape::new(d);
     s.add(couplings, net, hidden * layers.max(1.0), d);
     s

@@ -9,38 +9,12 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::conv::conv_same;
+use crate::conv::{apply, ZeroConv2d};
 use crate::error::{FlowError, Result};
-use crate::flow::{in_chunks, Cond, Flow, INIT_CHUNK};
+use crate::flow::{Cond, Flow, INIT_CHUNK};
 use crate::fused;
 use crate::layers::{ActNorm, ActNormConfig};
-
-/// A network inside a coupling layer, on rank-`D` tensors.
-pub trait Conditioner<const D: usize>: Module + burn::module::ModuleDisplay {
-    fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<Tensor<D>>;
-
-    /// Glow's affine coupling of `x_b` given `x_a`, with `(t, r)` this network's output and
-    /// `s = σ(r + 2)`: `((x_b + t)·s, log s)`, or in `reverse` `(x_b / s − t, −log s)`, when the
-    /// network computes it in one fused operation; `None` (the default) when the caller should
-    /// compose it.
-    fn affine_glow(
-        &self,
-        _x_a: &Tensor<D>,
-        _x_b: &Tensor<D>,
-        _reverse: bool,
-        _cond: Cond,
-    ) -> Result<Option<(Tensor<D>, Tensor<D>)>> {
-        Ok(None)
-    }
-
-    /// Data-dependent initialisation of any ActNorm inside, from the network's inputs `x`;
-    /// returns the initialised network and its output on `x`. Default: no initialisation,
-    /// the output computed a chunk at a time.
-    fn data_init(self, x: Tensor<D>, cond: Cond) -> Result<(Self, Tensor<D>)> {
-        let parts = in_chunks(&x, cond, INIT_CHUNK, |x, cond| self.forward(x, cond))?;
-        Ok((self, Tensor::cat(parts, 0)))
-    }
-}
+use crate::transforms::{Conditioner, Transform};
 
 /// Appends the class one-hot `(N, K)` as K constant channels (images) or features (vectors).
 pub(crate) fn with_cond<const D: usize>(
@@ -79,37 +53,6 @@ fn conv(c_in: usize, c_out: usize, k: usize, bias: bool, device: &Device) -> Con
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(bias)
         .init(device)
-}
-
-/// `conv` applied through [`conv_same`]: same parameters, faster gradients.
-pub(crate) fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    conv_same(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()))
-}
-
-/// Zero-initialised 3×3 convolution with a learned output scale `exp(3·log_s)`
-/// (Glow's `conv2d_zeros`): the coupling starts as the identity yet can grow quickly.
-#[derive(Module, Debug)]
-pub struct ZeroConv2d {
-    pub conv: Conv2d,
-    pub log_scale: Param<Tensor<1>>,
-}
-
-impl ZeroConv2d {
-    pub fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
-        let conv = Conv2dConfig::new([c_in, c_out], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .with_initializer(Initializer::Zeros)
-            .init(device);
-        ZeroConv2d {
-            conv,
-            log_scale: Param::from_tensor(Tensor::zeros([c_out], device)),
-        }
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let c = self.log_scale.dims()[0];
-        apply(&self.conv, x) * (self.log_scale.val() * 3.0).exp().reshape([1, c, 1, 1])
-    }
 }
 
 /// Zero-initialised linear layer with a learned output scale, the vector twin of [`ZeroConv2d`].
@@ -227,20 +170,29 @@ impl Conditioner<4> for ConvNet {
         }
     }
 
-    fn affine_glow(
+    /// Glow's affine transform with this network's parameters runs as one fused CPU
+    /// operation (network and transform, forward or inverse) where it applies.
+    fn transform(
         &self,
-        x_a: &Tensor<4>,
-        x_b: &Tensor<4>,
+        transform: &Transform,
+        x_a: Tensor<4>,
+        x_b: Tensor<4>,
         reverse: bool,
         cond: Cond,
-    ) -> Result<Option<(Tensor<4>, Tensor<4>)>> {
-        if self.out.log_scale.dims()[0] != 2 * x_b.dims()[1] {
-            return Ok(None);
-        }
-        let x_a = with_cond(x_a.clone(), cond, self.classes)?;
-        Ok(self
-            .fused_weights(&x_a.device())
-            .map(|weights| fused::affine_coupling(x_a, x_b.clone(), reverse, weights)))
+        rho: Option<Tensor<1>>,
+    ) -> Result<(Tensor<4>, Option<Tensor<4>>)> {
+        let fits = *transform == Transform::AffineGlow
+            && self.out.log_scale.dims()[0] == 2 * x_b.dims()[1];
+        let x_a = with_cond(x_a, cond, self.classes)?;
+        let h = match self.fused_weights(&x_a.device()) {
+            Some(weights) if fits => {
+                let (b, log_slope) = fused::affine_coupling(x_a, x_b, reverse, weights);
+                return Ok((b, Some(log_slope)));
+            }
+            Some(weights) => fused::coupling_net(x_a, weights),
+            None => self.composed(x_a)?,
+        };
+        Ok(transform.apply(x_b, h, reverse, rho))
     }
 
     fn data_init(self, x: Tensor<4>, cond: Cond) -> Result<(Self, Tensor<4>)> {

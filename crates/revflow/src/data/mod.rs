@@ -35,7 +35,7 @@ use crate::{FlowError, Result};
 
 pub use cifar::CifarReader;
 pub use convert::Convert;
-pub use csv::{CsvReader, CsvRows};
+pub use csv::{to_csv, CsvReader, CsvRows};
 pub use fetch::fetch;
 pub use folder::{
     decode as decode_image, header as image_header, load_image_folder, FolderImage, FolderReader,

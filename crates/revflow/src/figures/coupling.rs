@@ -20,11 +20,12 @@ use super::{points, tensor, to_points, trained_flow, trained_toy, Made, Options,
 use crate::error::{FlowError, Result};
 use crate::files::write_atomic;
 use crate::flow::Flow;
-use crate::layers::{CouplingKind, Layer};
+use crate::layers::Layer;
 use crate::models::{Permutation, VectorFlowConfig};
 use crate::nets::Mlp;
 use crate::pictures::plot::{self, FONT};
 use crate::pictures::save_png;
+use crate::transforms::Transform;
 
 /// What a layer does, in one line, given the points before and after it.
 fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> String {
@@ -40,10 +41,14 @@ fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> Stri
                 Some(_) => ("₂", "₁"),
                 None => ("?", "?"),
             };
-            match c.kind {
-                CouplingKind::Additive => {
+            match c.transform {
+                Transform::Additive => {
                     format!("additive coupling: x{key} kept (key), x{msg} += t(x{key})")
                 }
+                Transform::Spline(_) => format!(
+                    "spline coupling: x{key} kept (key), x{msg} ← monotone spline of x{msg} \
+                     shaped by x{key}"
+                ),
                 _ => format!(
                     "affine coupling: x{key} kept (key), x{msg} ← s(x{key})·x{msg} + t(x{key})"
                 ),

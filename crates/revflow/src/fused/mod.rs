@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn class_channels_and_the_switch_route_through_the_same_network() {
         use crate::flow::Cond;
-        use crate::nets::Conditioner;
+        use crate::transforms::Conditioner;
         let dev = ad();
         let net = perturb(
             ConvNetConfig::new(2, 4, 8).with_classes(3).init(&dev),

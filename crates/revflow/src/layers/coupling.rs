@@ -1,20 +1,16 @@
-//! Coupling layers (NICE §3.2, RealNVP §3.3, Glow §3.3). The input is split by a mask into
-//! an identity part `x_a` and a changed part `x_b`; a network reads `x_a` (and the class, if
-//! any) and moves `x_b`:
-//!
-//! - additive (NICE):       `y_b = x_b + t(x_a)`,                         log-det 0
-//! - affine, Glow:          `y_b = (x_b + t) · σ(r + 2)`,                  log-det Σ log σ(r + 2)
-//! - affine, RealNVP:       `y_b = x_b · exp(s) + t`, `s = ρ · tanh(r)`,   log-det Σ s
-//!
-//! The inverse only needs the network on `x_a`, which passes through unchanged.
+//! Coupling layers (NICE §3.2, RealNVP §3.3, Glow §3.3, neural spline flows). The input is
+//! split by a mask into an identity part `x_a` and a changed part `x_b`; a network reads `x_a`
+//! (and the class, if any) and returns the parameters with which a [`Transform`] moves each
+//! feature of `x_b` (additive, Glow or RealNVP affine, rational-quadratic spline); the log-det
+//! is the sum of the transform's log-slopes. The inverse only needs the network on `x_a`,
+//! which passes through unchanged.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{FlowError, Result};
 use crate::flow::{check_channels, rank, sum_per_sample, Cond, Flow};
-use crate::nets::Conditioner;
+use crate::transforms::{Conditioner, Transform};
 
 /// Which entries stay fixed and feed the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +76,7 @@ impl Mask {
         }
     }
 
-    /// Keeps only the changed entries of a network output (no-op for channel halves).
+    /// Keeps only the changed entries (no-op for channel halves).
     fn restrict<const D: usize>(&self, t: Tensor<D>) -> Tensor<D> {
         match self {
             Mask::Channels { .. } => t,
@@ -98,42 +94,21 @@ impl Mask {
     }
 }
 
-/// How the changed part moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CouplingKind {
-    /// NICE: shift only, volume preserving.
-    Additive,
-    /// Glow: shift then scale by `sigmoid(raw + 2)`.
-    AffineGlow,
-    /// RealNVP: scale by `exp(ρ · tanh(raw))`, then shift; ρ is learned per channel.
-    AffineRealNvp,
-}
-
-impl CouplingKind {
-    /// Network outputs per changed channel: shift, and raw scale for affine kinds.
-    pub fn outputs_per_channel(&self) -> usize {
-        match self {
-            CouplingKind::Additive => 1,
-            _ => 2,
-        }
-    }
-}
-
 /// Configuration of a [`Coupling`] layer.
 #[derive(Debug, Clone)]
 pub struct CouplingConfig {
     /// Channels (images) or features (vectors) of the input.
     pub channels: usize,
     pub mask: Mask,
-    pub kind: CouplingKind,
+    pub transform: Transform,
 }
 
 impl CouplingConfig {
-    pub fn new(channels: usize, mask: Mask, kind: CouplingKind) -> Self {
+    pub fn new(channels: usize, mask: Mask, transform: Transform) -> Self {
         Self {
             channels,
             mask,
-            kind,
+            transform,
         }
     }
 
@@ -142,9 +117,9 @@ impl CouplingConfig {
         self.mask.identity_channels(self.channels)
     }
 
-    /// Output channels the network must produce.
+    /// Output channels the network must produce: the transform's parameters per changed one.
     pub fn net_outputs(&self) -> usize {
-        self.kind.outputs_per_channel() * self.mask.changed_channels(self.channels)
+        self.transform.params() * self.mask.changed_channels(self.channels)
     }
 
     /// Wraps a network built for `net_inputs() → net_outputs()` channels.
@@ -158,11 +133,11 @@ impl CouplingConfig {
         let c = self.mask.changed_channels(self.channels);
         Ok(Coupling {
             net,
-            rescale: (self.kind == CouplingKind::AffineRealNvp)
+            rescale: (self.transform == Transform::AffineRealNvp)
                 .then(|| Param::from_tensor(Tensor::ones([c], device))),
             channels: self.channels,
             mask: self.mask,
-            kind: self.kind,
+            transform: self.transform,
         })
     }
 }
@@ -177,7 +152,7 @@ pub struct Coupling<N: Module> {
     #[module(skip)]
     pub mask: Mask,
     #[module(skip)]
-    pub kind: CouplingKind,
+    pub transform: Transform,
 }
 
 impl<N: Module> Coupling<N> {
@@ -185,50 +160,23 @@ impl<N: Module> Coupling<N> {
         check_channels("Coupling", x, self.channels)
     }
 
-    /// `(shift, log_scale)` for the changed part, both restricted to it by the mask.
-    fn params<const D: usize>(&self, h: Tensor<D>) -> (Tensor<D>, Option<Tensor<D>>)
-    where
-        N: Conditioner<D>,
-    {
-        let c = h.dims()[1] / self.kind.outputs_per_channel();
-        let shift = self.mask.restrict(h.clone().narrow(1, 0, c));
-        let log_scale = match self.kind {
-            CouplingKind::Additive => None,
-            CouplingKind::AffineGlow => Some(log_sigmoid(h.narrow(1, c, c) + 2.0)),
-            CouplingKind::AffineRealNvp => {
-                let mut shape = [1; D];
-                shape[1] = c;
-                let rho = self.rescale.as_ref().expect("RealNVP coupling has ρ").val();
-                Some(h.narrow(1, c, c).tanh() * rho.reshape(shape))
-            }
-        };
-        (shift, log_scale.map(|s| self.mask.restrict(s)))
+    fn rho(&self) -> Option<Tensor<1>> {
+        self.rescale.as_ref().map(|r| r.val())
     }
-}
 
-impl<N: Module> Coupling<N> {
-    /// `(x_a, x_b)` and the network's output on `x_a` → the coupling's output and log-det.
-    fn couple<const D: usize>(
+    /// `x_a` and the moved `x_b` (with its elementwise log-slopes) → the layer's output and
+    /// log-det; a checkerboard mask keeps only the changed entries of both.
+    fn merge<const D: usize>(
         &self,
         a: Tensor<D>,
         b: Tensor<D>,
-        h: Tensor<D>,
-    ) -> (Tensor<D>, Tensor<1>)
-    where
-        N: Conditioner<D>,
-    {
-        let n = a.dims()[0];
-        let (shift, log_scale) = self.params(h);
-        let (b, logdet) = match (self.kind, log_scale) {
-            (CouplingKind::AffineGlow, Some(s)) => {
-                ((b + shift) * s.clone().exp(), sum_per_sample(s))
-            }
-            (CouplingKind::AffineRealNvp, Some(s)) => {
-                (b * s.clone().exp() + shift, sum_per_sample(s))
-            }
-            _ => (b + shift, Tensor::zeros([n], &a.device())),
+        log_slope: Option<Tensor<D>>,
+    ) -> (Tensor<D>, Tensor<1>) {
+        let logdet = match log_slope {
+            Some(l) => sum_per_sample(self.mask.restrict(l)),
+            None => Tensor::zeros([a.dims()[0]], &a.device()),
         };
-        (self.mask.merge(a, b), logdet)
+        (self.mask.merge(a, self.mask.restrict(b)), logdet)
     }
 }
 
@@ -236,31 +184,19 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
     fn forward(&self, x: Tensor<D>, cond: Cond) -> Result<(Tensor<D>, Tensor<1>)> {
         self.check(&x)?;
         let (a, b) = self.mask.split(x);
-        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
-            // Network and coupling in one operation where the network offers it (CPU).
-            if let Some((b, log_scale)) = self.net.affine_glow(&a, &b, false, cond)? {
-                return Ok((self.mask.merge(a, b), sum_per_sample(log_scale)));
-            }
-        }
-        let h = self.net.forward(a.clone(), cond)?;
-        Ok(self.couple(a, b, h))
+        let (b, log_slope) =
+            self.net
+                .transform(&self.transform, a.clone(), b, false, cond, self.rho())?;
+        Ok(self.merge(a, b, log_slope))
     }
 
     fn inverse(&self, y: Tensor<D>, cond: Cond) -> Result<Tensor<D>> {
         self.check(&y)?;
         let (a, b) = self.mask.split(y);
-        if let (CouplingKind::AffineGlow, Mask::Channels { .. }) = (self.kind, self.mask) {
-            if let Some((b, _)) = self.net.affine_glow(&a, &b, true, cond)? {
-                return Ok(self.mask.merge(a, b));
-            }
-        }
-        let (shift, log_scale) = self.params(self.net.forward(a.clone(), cond)?);
-        let b = match (self.kind, log_scale) {
-            (CouplingKind::AffineGlow, Some(s)) => b * s.neg().exp() - shift,
-            (CouplingKind::AffineRealNvp, Some(s)) => (b - shift) * s.neg().exp(),
-            _ => b - shift,
-        };
-        Ok(self.mask.merge(a, b))
+        let (b, _) = self
+            .net
+            .transform(&self.transform, a.clone(), b, true, cond, self.rho())?;
+        Ok(self.merge(a, b, None).0)
     }
 
     /// The network initialised on the batch; its output then gives the coupling's, so that
@@ -270,7 +206,8 @@ impl<const D: usize, N: Conditioner<D>> Flow<D> for Coupling<N> {
         let (a, b) = self.mask.split(x);
         let (net, h) = self.net.data_init(a.clone(), cond)?;
         let layer = Coupling { net, ..self };
-        let (y, _) = layer.couple(a, b, h);
+        let (b, log_slope) = layer.transform.apply(b, h, false, layer.rho());
+        let (y, _) = layer.merge(a, b, log_slope);
         Ok((layer, y))
     }
 }
@@ -280,6 +217,7 @@ mod tests {
     use super::*;
     use crate::nets::{ConvNetConfig, MlpConfig, ResNetConfig};
     use crate::testing::*;
+    use crate::transforms::SplineConfig;
 
     const MASKS: [Mask; 4] = [
         Mask::Channels { flip: false },
@@ -287,11 +225,25 @@ mod tests {
         Mask::Checkerboard { flip: false },
         Mask::Checkerboard { flip: true },
     ];
-    const KINDS: [CouplingKind; 3] = [
-        CouplingKind::Additive,
-        CouplingKind::AffineGlow,
-        CouplingKind::AffineRealNvp,
+    const KINDS: [Transform; 4] = [
+        Transform::Additive,
+        Transform::AffineGlow,
+        Transform::AffineRealNvp,
+        Transform::Spline(SplineConfig {
+            bins: 5,
+            tail_bound: 2.5,
+        }),
     ];
+
+    /// How far from zero the networks' weights are moved. A spline's raw parameters add up
+    /// over more outputs, and where a steep spline is nearly flat f32 cannot invert it to
+    /// 1e-4 (transforms::spline's tests bound that), so its weights move less.
+    fn std(kind: Transform) -> f64 {
+        match kind {
+            Transform::Spline(_) => 0.1,
+            _ => 0.3,
+        }
+    }
 
     #[test]
     fn image_couplings_invert_and_logdet_matches_jacobian() {
@@ -303,7 +255,7 @@ mod tests {
         {
             let config = CouplingConfig::new(4, mask, kind);
             let net = ConvNetConfig::new(config.net_inputs(), config.net_outputs(), 8).init(&dev);
-            let layer = perturb(config.init(net, &dev).unwrap(), 0.3, i as u64);
+            let layer = perturb(config.init(net, &dev).unwrap(), std(kind), i as u64);
             check_flow(&layer, randn([2, 4, 4, 4], &dev), None);
         }
     }
@@ -314,7 +266,7 @@ mod tests {
         let config = CouplingConfig::new(
             2,
             Mask::Checkerboard { flip: false },
-            CouplingKind::AffineRealNvp,
+            Transform::AffineRealNvp,
         );
         let net = ResNetConfig::new(config.net_inputs(), config.net_outputs(), 8, 2).init(&dev);
         let layer = perturb(config.init(net, &dev).unwrap(), 0.2, 9);
@@ -331,7 +283,7 @@ mod tests {
         {
             let config = CouplingConfig::new(6, mask, kind);
             let net = MlpConfig::new(config.net_inputs(), config.net_outputs(), 16, 2).init(&dev);
-            let layer = perturb(config.init(net, &dev).unwrap(), 0.3, 20 + i as u64);
+            let layer = perturb(config.init(net, &dev).unwrap(), std(kind), 20 + i as u64);
             check_flow(&layer, randn([3, 6], &dev), None);
         }
     }
@@ -339,8 +291,7 @@ mod tests {
     #[test]
     fn class_conditional_coupling_depends_on_the_class() {
         let dev = device();
-        let config =
-            CouplingConfig::new(4, Mask::Channels { flip: false }, CouplingKind::AffineGlow);
+        let config = CouplingConfig::new(4, Mask::Channels { flip: false }, Transform::AffineGlow);
         let net = ConvNetConfig::new(config.net_inputs(), config.net_outputs(), 8)
             .with_classes(3)
             .init(&dev);
@@ -382,7 +333,7 @@ mod tests {
     #[test]
     fn rejects_odd_channels_and_wrong_shapes() {
         let dev = device();
-        let config = CouplingConfig::new(3, Mask::Channels { flip: false }, CouplingKind::Additive);
+        let config = CouplingConfig::new(3, Mask::Channels { flip: false }, Transform::Additive);
         let err = config
             .init(MlpConfig::new(1, 1, 4, 1).init(&dev), &dev)
             .unwrap_err();
@@ -390,7 +341,7 @@ mod tests {
             err.to_string().contains("even number of channels, got 3"),
             "{err}"
         );
-        let config = CouplingConfig::new(4, Mask::Channels { flip: false }, CouplingKind::Additive);
+        let config = CouplingConfig::new(4, Mask::Channels { flip: false }, Transform::Additive);
         let layer = config
             .init(ConvNetConfig::new(2, 2, 4).init(&dev), &dev)
             .unwrap();

@@ -14,7 +14,7 @@ mod squeeze;
 pub(crate) use actnorm::ChannelStats;
 pub use actnorm::{ActNorm, ActNormConfig};
 pub use batchnorm::{BatchNormFlow, BatchNormFlowConfig};
-pub use coupling::{Coupling, CouplingConfig, CouplingKind, Mask};
+pub use coupling::{Coupling, CouplingConfig, Mask};
 pub use invconv::{InvConv1x1, InvConv1x1Lu, InvConvConfig};
 pub use permute::Permute;
 pub use preprocess::{Dequantize, Logit};
@@ -27,7 +27,7 @@ use burn::tensor::Tensor;
 
 use crate::error::Result;
 use crate::flow::{Cond, Flow};
-use crate::nets::Conditioner;
+use crate::transforms::Conditioner;
 
 /// Declares the [`Layer`] enum and forwards [`Flow`] to the variant it holds.
 macro_rules! layer_enum {
@@ -87,6 +87,7 @@ pub(crate) mod tests {
     use crate::flow::Sequential;
     use crate::nets::{ConvNet, ConvNetConfig, Mlp, MlpConfig};
     use crate::testing::*;
+    use crate::transforms::Transform;
     use burn::tensor::Device;
 
     /// One of every layer, on images: the composition's log-det must still be exact.
@@ -99,16 +100,13 @@ pub(crate) mod tests {
         Sequential::new(vec![
             ActNormConfig::new(4).init(device).into(),
             InvConvConfig::new(4, seed).init(device).into(),
-            coupling(Mask::Channels { flip: false }, CouplingKind::AffineGlow),
+            coupling(Mask::Channels { flip: false }, Transform::AffineGlow),
             Permute::shuffle(4, seed, device).into(),
             InvConvConfig::new(4, seed + 1).init_lu(device).into(),
-            coupling(
-                Mask::Checkerboard { flip: true },
-                CouplingKind::AffineRealNvp,
-            ),
+            coupling(Mask::Checkerboard { flip: true }, Transform::AffineRealNvp),
             BatchNormFlowConfig::new(4).init(device).into(),
             Permute::reverse(4, device).into(),
-            coupling(Mask::Channels { flip: true }, CouplingKind::Additive),
+            coupling(Mask::Channels { flip: true }, Transform::Additive),
             DiagScale::new(4 * 4 * 4, device).into(),
         ])
     }
@@ -122,14 +120,11 @@ pub(crate) mod tests {
         };
         Sequential::new(vec![
             ActNormConfig::new(2).init(device).into(),
-            coupling(Mask::Channels { flip: false }, CouplingKind::AffineGlow),
+            coupling(Mask::Channels { flip: false }, Transform::AffineGlow),
             InvConvConfig::new(2, seed).init(device).into(),
-            coupling(
-                Mask::Checkerboard { flip: false },
-                CouplingKind::AffineRealNvp,
-            ),
+            coupling(Mask::Checkerboard { flip: false }, Transform::AffineRealNvp),
             Permute::reverse(2, device).into(),
-            coupling(Mask::Channels { flip: true }, CouplingKind::Additive),
+            coupling(Mask::Channels { flip: true }, Transform::Additive),
             InvConvConfig::new(2, seed + 1).init_lu(device).into(),
             BatchNormFlowConfig::new(2).init(device).into(),
             DiagScale::new(2, device).into(),

@@ -7,10 +7,10 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use crate::conv::ZeroConv2d;
 use crate::distributions::{gaussian_destandardize, gaussian_log_prob, gaussian_standardize};
 use crate::error::{FlowError, Result};
 use crate::flow::check_channels;
-use crate::nets::ZeroConv2d;
 
 /// Configuration of a [`Split`].
 #[derive(Debug, Clone)]

@@ -8,11 +8,10 @@ use burn::tensor::{Device, Tensor};
 use crate::distributions::{BaseDistribution, GaussianConfig, Logistic, Prior};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
-use crate::layers::{
-    ActNormConfig, CouplingConfig, CouplingKind, Dequantize, DiagScale, Layer, Mask,
-};
+use crate::layers::{ActNormConfig, CouplingConfig, Dequantize, DiagScale, Layer, Mask};
 use crate::nets::{Mlp, MlpConfig};
 use crate::noise::Standard;
+use crate::transforms::Transform;
 
 use super::{NiceConfig, Noise, Permutation, VectorFlowConfig};
 
@@ -119,7 +118,7 @@ impl FlatFlow {
 fn mlp_coupling(
     dims: usize,
     flip: bool,
-    kind: CouplingKind,
+    kind: Transform,
     hidden: usize,
     layers: usize,
     classes: usize,
@@ -147,7 +146,7 @@ pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
         layers.push(mlp_coupling(
             dims,
             i % 2 == 1,
-            CouplingKind::Additive,
+            Transform::Additive,
             config.hidden,
             config.layers,
             0,
@@ -167,11 +166,7 @@ pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
 pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
     config.validate()?;
     let dims = config.dims;
-    let kind = if config.affine {
-        CouplingKind::AffineGlow
-    } else {
-        CouplingKind::Additive
-    };
+    let kind = config.transform();
     let mut layers = Vec::with_capacity(3 * config.steps);
     for k in 0..config.steps {
         layers.push(ActNormConfig::new(dims).init(device).into());

@@ -201,6 +201,20 @@ fn families() -> Vec<(&'static str, ModelConfig)> {
             }),
         ),
         (
+            "glow spline",
+            ModelConfig::Glow(GlowConfig {
+                shape: [1, 4, 4],
+                levels: 2,
+                depth: 2,
+                hidden: 8,
+                spline: Some(SplineConfig {
+                    bins: 4,
+                    tail_bound: 2.0,
+                }),
+                ..Default::default()
+            }),
+        ),
+        (
             "realnvp",
             ModelConfig::Realnvp(RealNvpConfig {
                 shape: [1, 4, 4],
@@ -225,6 +239,17 @@ fn families() -> Vec<(&'static str, ModelConfig)> {
                 dims: 5,
                 steps: 3,
                 hidden: 8,
+                ..Default::default()
+            }),
+        ),
+        (
+            "vector spline y-cond",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 3,
+                steps: 3,
+                hidden: 8,
+                spline: Some(SplineConfig::default()),
+                classes: 2,
                 ..Default::default()
             }),
         ),

@@ -21,6 +21,7 @@ use crate::flow::{check_finite, Cond};
 use crate::layers::{InvConvConfig, Layer, Permute};
 use crate::nets::{ConvNet, ResNet};
 use crate::noise::{self, Purpose, Standard};
+use crate::transforms::{SplineConfig, Transform};
 use crate::validate::{between, in_range};
 
 /// How Glow mixes channels between couplings.
@@ -60,6 +61,9 @@ pub struct GlowConfig {
     pub hidden: usize,
     /// Affine (true) or additive (false) coupling.
     pub affine: bool,
+    /// Rational-quadratic spline couplings instead (`affine` is then ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spline: Option<SplineConfig>,
     pub permutation: Permutation,
     /// Learned mean and log-std of the top prior.
     pub learn_top: bool,
@@ -82,6 +86,7 @@ impl Default for GlowConfig {
             depth: 8,
             hidden: 64,
             affine: true,
+            spline: None,
             permutation: Permutation::InvconvLu,
             learn_top: true,
             classes: 0,
@@ -159,6 +164,9 @@ pub struct VectorFlowConfig {
     /// Hidden layers per coupling network.
     pub layers: usize,
     pub affine: bool,
+    /// Rational-quadratic spline couplings instead (`affine` is then ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spline: Option<SplineConfig>,
     /// How features are mixed between couplings: an invertible linear map (Glow's 1×1
     /// convolution) with alternating halves, or NICE's swap (`reverse`) with a fixed split.
     pub permutation: Permutation,
@@ -174,6 +182,7 @@ impl Default for VectorFlowConfig {
             hidden: 64,
             layers: 2,
             affine: true,
+            spline: None,
             permutation: Permutation::Invconv,
             classes: 0,
             seed: 0,
@@ -221,7 +230,13 @@ impl GlowConfig {
         in_range("hidden", self.hidden, 1..)?;
         in_range("n_bits", self.n_bits, N_BITS)?;
         in_range("class_weight", self.class_weight, 0.0..)?;
+        check_spline(self.spline)?;
         check_shape(self.shape, self.levels)
+    }
+
+    /// The couplings' elementwise transform.
+    pub fn transform(&self) -> Transform {
+        coupling_transform(self.affine, self.spline)
     }
 }
 
@@ -253,8 +268,26 @@ impl VectorFlowConfig {
     pub fn validate(&self) -> Result<()> {
         in_range("steps", self.steps, 1..)?;
         in_range("hidden", self.hidden, 1..)?;
+        check_spline(self.spline)?;
         check_dims(self.dims)
     }
+
+    /// The couplings' elementwise transform.
+    pub fn transform(&self) -> Transform {
+        coupling_transform(self.affine, self.spline)
+    }
+}
+
+fn coupling_transform(affine: bool, spline: Option<SplineConfig>) -> Transform {
+    match (spline, affine) {
+        (Some(s), _) => Transform::Spline(s),
+        (None, true) => Transform::AffineGlow,
+        (None, false) => Transform::Additive,
+    }
+}
+
+fn check_spline(spline: Option<SplineConfig>) -> Result<()> {
+    spline.as_ref().map_or(Ok(()), SplineConfig::validate)
 }
 
 /// Which model, with its hyper-parameters; saved as `config.json` in a checkpoint.
@@ -318,6 +351,15 @@ impl ModelConfig {
             ModelConfig::Realnvp(c) => Some(c.shape),
             ModelConfig::Nice(c) => Some(c.shape),
             ModelConfig::Vector(_) => None,
+        }
+    }
+
+    /// The couplings' elementwise transform, for the families that choose one.
+    pub fn transform(&self) -> Option<Transform> {
+        match self {
+            ModelConfig::Glow(c) => Some(c.transform()),
+            ModelConfig::Vector(c) => Some(c.transform()),
+            _ => None,
         }
     }
 

@@ -19,12 +19,14 @@ use crate::distributions::{BaseDistribution, Gaussian, GaussianConfig};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
-    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, CouplingKind, Dequantize, Latent,
-    Layer, Logit, Mask, Split, SplitConfig, Squeeze,
+    ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, Dequantize, Latent, Layer, Logit,
+    Mask, Split, SplitConfig, Squeeze,
 };
 use crate::models::Noise;
-use crate::nets::{Conditioner, ConvNet, ConvNetConfig, ResNet, ResNetConfig};
+use crate::nets::{ConvNet, ConvNetConfig, ResNet, ResNetConfig};
 use crate::noise::Standard;
+use crate::transforms::Conditioner;
+use crate::transforms::Transform;
 
 use super::{GlowConfig, RealNvpConfig};
 
@@ -426,12 +428,8 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
             let seed = config.seed.wrapping_add((l * 1000 + k) as u64);
             steps.push(ActNormConfig::new(c).init(device).into());
             steps.push(config.permutation.layer(c, seed, device));
-            let kind = if config.affine {
-                CouplingKind::AffineGlow
-            } else {
-                CouplingKind::Additive
-            };
-            let coupling = CouplingConfig::new(c, Mask::Channels { flip: false }, kind);
+            let coupling =
+                CouplingConfig::new(c, Mask::Channels { flip: false }, config.transform());
             let net =
                 ConvNetConfig::new(coupling.net_inputs(), coupling.net_outputs(), config.hidden)
                     .init(device);
@@ -477,8 +475,7 @@ pub fn realnvp(config: &RealNvpConfig, device: &Device) -> Result<MultiScale<Res
         |c: usize, mask: fn(bool) -> Mask, count: usize| -> Result<Sequential<Layer<ResNet>>> {
             let mut layers: Vec<Layer<ResNet>> = Vec::new();
             for i in 0..count {
-                let coupling =
-                    CouplingConfig::new(c, mask(i % 2 == 1), CouplingKind::AffineRealNvp);
+                let coupling = CouplingConfig::new(c, mask(i % 2 == 1), Transform::AffineRealNvp);
                 let net = ResNetConfig::new(
                     coupling.net_inputs(),
                     coupling.net_outputs(),
