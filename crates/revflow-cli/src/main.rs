@@ -246,7 +246,7 @@ fn export(
     samples: usize,
     seed: u64,
 ) -> Result<Report, FlowError> {
-    in_range("--data-samples", samples, 1..)?;
+    in_range("--samples", samples, 1..)?;
     let splits = revflow::data::load(name, None, seed, samples)?;
     std::fs::create_dir_all(out)
         .map_err(|e| FlowError::Config(format!("{}: {e}", out.display())))?;
@@ -309,14 +309,14 @@ enum DataAction {
         dir: std::path::PathBuf,
     },
     /// Write a vector data set's training and test splits, exactly as `train --data NAME
-    /// --data-samples N --seed S` sees them, as OUT/train.csv and OUT/test.csv (to compare
+    /// --samples N --seed S` sees them, as OUT/train.csv and OUT/test.csv (to compare
     /// with other libraries on the same points).
     Export {
         name: String,
         #[arg(long)]
         out: std::path::PathBuf,
         /// Training points of a generated 2-D set (its test split has a quarter as many).
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long = "samples", default_value_t = 20_000)]
         data_samples: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,

@@ -1040,3 +1040,83 @@ fn a_malformed_device_is_one_line_naming_the_forms() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn spline_couplings_train_sample_and_check_their_options() {
+    let dir = temp("spline");
+    let moons = ["train", "--data", "moons", "--samples", "2000"];
+    let with = |extra: &[&'static str]| [&moons[..], extra].concat();
+    refused(
+        &with(&["--bins", "4", "--steps", "2", "--out", "a"]),
+        &dir,
+        "--bins shapes spline couplings; add --coupling spline",
+    );
+    for (option, value, says) in [
+        (
+            "--bins",
+            "1",
+            "--bins must be an integer in [2, 64], found 1",
+        ),
+        (
+            "--tail-bound",
+            "nan",
+            "--tail-bound must be a finite number",
+        ),
+        ("--tail-bound", "0", "[0.001, 10000], found 0"),
+    ] {
+        let args = with(&["--coupling", "spline", option, value, "--out", "a"]);
+        refused(&args, &dir, says);
+    }
+    assert!(!dir.join("a").exists());
+    // A short run: the loss falls, the config records the spline, samples are finite.
+    let args = with(&[
+        "--coupling",
+        "spline",
+        "--bins",
+        "6",
+        "--permutation",
+        "reverse",
+        "--steps",
+        "150",
+        "--batch-size",
+        "128",
+        "--eval-every",
+        "150",
+        "--out",
+        "s",
+    ]);
+    ok(&args, &dir);
+    let loss = metric(&dir.join("s"), "loss");
+    let (first, last) = (
+        loss[..10].iter().sum::<f64>() / 10.0,
+        loss[140..].iter().sum::<f64>() / 10.0,
+    );
+    assert!(last < first - 0.3, "loss {first} → {last}");
+    let config = json(
+        &std::fs::read_to_string(dir.join("s/config.json"))
+            .unwrap()
+            .replace('\n', ""),
+    );
+    assert_eq!(config["model"]["spline"]["bins"], 6);
+    ok(
+        &[
+            "sample", "s", "-n", "64", "--csv", "s.csv", "--out", "s.png",
+        ],
+        &dir,
+    );
+    let values: Vec<f64> = std::fs::read_to_string(dir.join("s.csv"))
+        .unwrap()
+        .split([',', '\n'])
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    assert!(values.len() >= 128 && values.iter().all(|v| v.is_finite()));
+    // A resume may not change the spline.
+    refused(
+        &[
+            "train", "--resume", "--out", "s", "--bins", "5", "--steps", "200",
+        ],
+        &dir,
+        "--bins 5 contradicts the run's bins 6",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,9 @@ use image::{Delay, Frame, RgbImage};
 use plotters::prelude::*;
 
 use super::gallery::SNAKE;
-use super::{points, tensor, to_points, trained_flow, trained_toy, Made, Options, Toy};
+use super::{
+    points, tensor, to_points, trained_flow, trained_spline, trained_toy, Made, Options, Toy,
+};
 use crate::error::{FlowError, Result};
 use crate::files::write_atomic;
 use crate::flow::Flow;
@@ -125,8 +127,8 @@ impl Scene {
     }
 }
 
-/// The two ways of mixing between couplings, each with its own animation.
-fn variants() -> [(&'static str, &'static str, VectorFlowConfig); 2] {
+/// Three flows, each with its own animation: Glow's, NICE's and a neural spline flow.
+fn variants() -> [(&'static str, &'static str, VectorFlowConfig); 3] {
     [
         (
             "coupling",
@@ -142,6 +144,11 @@ fn variants() -> [(&'static str, &'static str, VectorFlowConfig); 2] {
                 ..VectorFlowConfig::default()
             },
         ),
+        (
+            "coupling-spline",
+            "neural spline flow: spline couplings, swap",
+            super::spline_flow(),
+        ),
     ]
 }
 
@@ -149,10 +156,11 @@ pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<
     let mut made = Made::default();
     for (stem, title, flow) in variants() {
         let name = format!("{SNAKE}-{stem}");
-        let toy = if stem == "coupling" {
-            trained_toy(SNAKE, options, progress)?
-        } else {
-            trained_flow(SNAKE, &name, flow, options, progress)?
+        // The first and last are the gallery's flows on this set, trained once for both.
+        let toy = match stem {
+            "coupling" => trained_toy(SNAKE, options, progress)?,
+            "coupling-spline" => trained_spline(SNAKE, options, progress)?,
+            _ => trained_flow(SNAKE, &name, flow, options, progress)?,
         };
         progress(&format!("drawing {stem}.gif"));
         animate(&toy, stem, title, options, &mut made)?;
@@ -335,7 +343,10 @@ mod tests {
     fn couplings_keep_their_key_and_the_animation_returns_to_the_data() {
         let (_dir, options) = options("coupling");
         let made = make(&options, &mut |_| {}).unwrap();
-        for (i, prefix) in ["coupling", "coupling_nice"].iter().enumerate() {
+        for (i, prefix) in ["coupling", "coupling_nice", "coupling_spline"]
+            .iter()
+            .enumerate()
+        {
             // The key half passes through a coupling bit for bit.
             assert_eq!(made.get(&format!("{prefix}_key_max_change")), 0.0);
             let err = made.get(&format!("{prefix}_round_trip_max_error"));

@@ -1,13 +1,14 @@
-//! Figure 3: from a complex distribution to a simple one. A 2-D flow trained on two spirals
-//! maps them onto a Gaussian: the data, its latents, the latent grid pulled back into data
-//! space, and the learned density; then the same flow on every generated set (a gallery).
+//! Figure 3: from a complex distribution to a simple one. 2-D flows trained on two spirals map
+//! them onto a Gaussian: the data, its latents, the latent grid pulled back into data space,
+//! and the learned density, for the affine flow and the spline flow; then both flows on every
+//! generated set (a gallery).
 
 use burn::tensor::Device;
 use image::{Rgb, RgbImage};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::{points, tensor, to_points, trained_toy, Made, Options, Toy};
+use super::{points, tensor, to_points, trained_spline, trained_toy, Made, Options, Toy};
 use crate::data::TOY_SETS;
 use crate::error::Result;
 use crate::flow::Flow;
@@ -233,7 +234,8 @@ struct Panels {
     gaussian: f64,
 }
 
-fn panels(set: &'static str, toy: &Toy, seed: u64, device: &Device) -> Result<Panels> {
+fn panels(set: &'static str, toy: &Toy, options: &Options) -> Result<Panels> {
+    let (seed, device) = (options.seed, &options.device);
     let train = points(&toy.data.train);
     let data = points(&toy.data.test);
     let view = window(&train);
@@ -270,108 +272,128 @@ fn panels(set: &'static str, toy: &Toy, seed: u64, device: &Device) -> Result<Pa
 /// The latent window: a standard Gaussian's ±3.6.
 const LATENT_VIEW: ([f64; 2], f64) = ([0.0, 0.0], 3.6);
 
-/// The four-panel figure of one flow: data, latents, deformed grid, density.
-fn complex_to_simple(p: &Panels, options: &Options) -> Result<std::path::PathBuf> {
-    let picture = plot::draw(1800, 540, |root| {
+/// The four panels of each flow, one row per flow: data, latents, deformed grid, density.
+fn complex_to_simple(flows: &[(&str, &Panels)], options: &Options) -> Result<std::path::PathBuf> {
+    let row = 490;
+    let picture = plot::draw(1800, 50 + row * flows.len() as u32, |root| {
         let (title, body) = root.split_vertically(50);
         title.titled(
             &format!(
-                "A 2-D flow on {}: f maps the data to a Gaussian ({:.3} bits/dim on test points)",
-                p.set, p.bits_per_dim
+                "2-D flows on {}: f maps the data to a Gaussian",
+                flows[0].1.set
             ),
             (FONT, 24),
         )?;
-        let areas = body.split_evenly((1, 4));
-        let data_axes = Frame::Axes("x₁", "x₂");
-        scatter_panel(
-            &areas[0],
-            "data x (test points)",
-            &p.data,
-            &p.colours,
-            p.view,
-            data_axes,
-        )?;
-        let latent_axes = Frame::Axes("z₁", "z₂");
-        scatter_panel(
-            &areas[1],
-            "latents z = f(x)",
-            &p.latents,
-            &p.colours,
-            LATENT_VIEW,
-            latent_axes,
-        )?;
-        grid_panel(
-            &areas[2],
-            "latent grid pulled back: f⁻¹(grid)",
-            &p.data,
-            &p.grid,
-            p.view,
-            data_axes,
-        )?;
-        heat_panel(
-            &areas[3],
-            &format!("learned density p(x), ∫ = {:.3}", p.integral),
-            &p.heat,
-        )
+        let rows = body.split_evenly((flows.len(), 1));
+        for ((name, p), area) in flows.iter().zip(&rows) {
+            let (label, panels) = area.split_vertically(30);
+            label.titled(
+                &format!("{name}: {:.3} bits/dim on test points", p.bits_per_dim),
+                (FONT, 19),
+            )?;
+            let areas = panels.split_evenly((1, 4));
+            let data_axes = Frame::Axes("x₁", "x₂");
+            scatter_panel(
+                &areas[0],
+                "data x (test points)",
+                &p.data,
+                &p.colours,
+                p.view,
+                data_axes,
+            )?;
+            scatter_panel(
+                &areas[1],
+                "latents z = f(x)",
+                &p.latents,
+                &p.colours,
+                LATENT_VIEW,
+                Frame::Axes("z₁", "z₂"),
+            )?;
+            grid_panel(
+                &areas[2],
+                "latent grid pulled back: f⁻¹(grid)",
+                &p.data,
+                &p.grid,
+                p.view,
+                data_axes,
+            )?;
+            heat_panel(
+                &areas[3],
+                &format!("learned density p(x), ∫ = {:.3}", p.integral),
+                &p.heat,
+            )?;
+        }
+        Ok(())
     })?;
     let path = super::file(options, "complex-to-simple.png");
     save_png(picture, &path)?;
     Ok(path)
 }
 
+/// The two flows of the gallery: name, number prefix.
+const FLOWS: [(&str, &str); 2] = [("affine", ""), ("spline", "spline_")];
+
 pub(super) fn make(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Made> {
     let mut made = Made::default();
     let mut columns = Vec::new();
     for set in TOY_SETS {
-        let toy = trained_toy(set, options, progress)?;
-        let p = panels(set, &toy, options.seed, &options.device)?;
-        made.number(format!("test_bits_per_dim_{set}"), p.bits_per_dim);
-        made.number(format!("gaussian_bits_per_dim_{set}"), p.gaussian);
-        made.number(format!("integral_{set}"), p.integral);
-        if set == SNAKE {
-            made.files.push(complex_to_simple(&p, options)?);
+        let affine = panels(set, &trained_toy(set, options, progress)?, options)?;
+        let spline = panels(set, &trained_spline(set, options, progress)?, options)?;
+        made.number(format!("gaussian_bits_per_dim_{set}"), affine.gaussian);
+        for ((_, prefix), p) in FLOWS.iter().zip([&affine, &spline]) {
+            made.number(format!("{prefix}test_bits_per_dim_{set}"), p.bits_per_dim);
+            made.number(format!("{prefix}integral_{set}"), p.integral);
         }
-        columns.push(p);
+        if set == SNAKE {
+            let flows = [("affine couplings", &affine), ("spline couplings", &spline)];
+            made.files.push(complex_to_simple(&flows, options)?);
+        }
+        columns.push([affine, spline]);
     }
     let cell = 250;
-    let rows = [
-        "test data",
-        "latents f(x)",
-        "f⁻¹(grid)",
-        "density",
-        "samples",
-    ];
+    let mut rows = vec!["test data".to_string()];
+    for (name, _) in FLOWS {
+        for what in ["latents f(x)", "f⁻¹(grid)", "density", "samples"] {
+            rows.push(format!("{name}: {what}"));
+        }
+    }
     let picture = plot::draw(
-        120 + cell * columns.len() as u32,
+        170 + cell * columns.len() as u32,
         60 + rows.len() as u32 * cell,
         |root| {
             let (title, body) = root.split_vertically(60);
             title.titled(
-                "2-D flows on every generated set (captions: test bits/dim of the flow vs the best Gaussian)",
+                "2-D flows on every generated set (captions: test bits/dim of the affine and spline flows vs the best Gaussian)",
                 (FONT, 22),
             )?;
-            let (labels, grid) = body.split_horizontally(120);
+            let (labels, grid) = body.split_horizontally(170);
             for (r, label) in rows.iter().enumerate() {
                 let y = (r as u32 * cell + cell / 2) as i32;
-                labels.draw(&Text::new(*label, (10, y), (FONT, 18)))?;
+                labels.draw(&Text::new(label.as_str(), (10, y), (FONT, 16)))?;
             }
             let areas = grid.split_evenly((rows.len(), columns.len()));
             let at = |r: usize, c: usize| &areas[r * columns.len() + c];
-            for (c, p) in columns.iter().enumerate() {
-                let caption = format!("{}: {:.2} vs {:.2}", p.set, p.bits_per_dim, p.gaussian);
-                scatter_panel(at(0, c), &caption, &p.data, &p.colours, p.view, Frame::Bare)?;
-                scatter_panel(
-                    at(1, c),
-                    "",
-                    &p.latents,
-                    &p.colours,
-                    LATENT_VIEW,
-                    Frame::Bare,
-                )?;
-                grid_panel(at(2, c), "", &p.data, &p.grid, p.view, Frame::Bare)?;
-                heat_panel(at(3, c), "", &p.heat)?;
-                let orange = vec![plot::PALETTE[1]; p.samples.len()];
-                scatter_panel(at(4, c), "", &p.samples, &orange, p.view, Frame::Bare)?;
+            for (c, [a, b]) in columns.iter().enumerate() {
+                let caption = format!(
+                    "{}: {:.2} / {:.2} vs {:.2}",
+                    a.set, a.bits_per_dim, b.bits_per_dim, a.gaussian
+                );
+                scatter_panel(at(0, c), &caption, &a.data, &a.colours, a.view, Frame::Bare)?;
+                for (f, p) in [a, b].into_iter().enumerate() {
+                    let r = 1 + 4 * f;
+                    scatter_panel(
+                        at(r, c),
+                        "",
+                        &p.latents,
+                        &p.colours,
+                        LATENT_VIEW,
+                        Frame::Bare,
+                    )?;
+                    grid_panel(at(r + 1, c), "", &p.data, &p.grid, p.view, Frame::Bare)?;
+                    heat_panel(at(r + 2, c), "", &p.heat)?;
+                    let orange = vec![plot::PALETTE[1]; p.samples.len()];
+                    scatter_panel(at(r + 3, c), "", &p.samples, &orange, p.view, Frame::Bare)?;
+                }
             }
             Ok(())
         },
@@ -402,16 +424,19 @@ mod tests {
         let (_dir, options) = options("gallery");
         let made = make(&options, &mut |_| {}).unwrap();
         for set in TOY_SETS {
-            let integral = made.get(&format!("integral_{set}"));
-            assert!((0.95..1.02).contains(&integral), "{set}: ∫ = {integral}");
-            let (flow, gauss) = (
-                made.get(&format!("test_bits_per_dim_{set}")),
-                made.get(&format!("gaussian_bits_per_dim_{set}")),
-            );
-            assert!(
-                flow < gauss - 0.05,
-                "{set}: flow {flow} vs Gaussian {gauss}"
-            );
+            let gauss = made.get(&format!("gaussian_bits_per_dim_{set}"));
+            for (name, prefix) in FLOWS {
+                let integral = made.get(&format!("{prefix}integral_{set}"));
+                assert!(
+                    (0.95..1.02).contains(&integral),
+                    "{name} {set}: ∫ = {integral}"
+                );
+                let flow = made.get(&format!("{prefix}test_bits_per_dim_{set}"));
+                assert!(
+                    flow < gauss - 0.05,
+                    "{name} {set}: flow {flow} vs Gaussian {gauss}"
+                );
+            }
         }
         assert_eq!(made.files.len(), 2);
         assert!(made.files.iter().all(|f| f.exists()));

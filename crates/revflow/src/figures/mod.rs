@@ -25,8 +25,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::data::{Data, Splits, VectorSet};
 use crate::error::{FlowError, Result};
-use crate::models::{FlatFlow, Model, ModelConfig, VectorFlowConfig};
+use crate::models::{FlatFlow, Model, ModelConfig, Permutation, VectorFlowConfig};
 use crate::training::{Run, RunConfig, RunDir, TrainConfig};
+use crate::transforms::SplineConfig;
 
 /// One of the figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,21 @@ const TOY_SAMPLES: usize = 8000;
 /// the runs used with `revflow sample` and friends).
 fn trained_toy(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Toy> {
     trained_flow(set, set, VectorFlowConfig::default(), options, progress)
+}
+
+/// The spline flow beside it (neural spline flows): spline couplings between swaps.
+fn spline_flow() -> VectorFlowConfig {
+    VectorFlowConfig {
+        spline: Some(SplineConfig::default()),
+        permutation: Permutation::Reverse,
+        ..VectorFlowConfig::default()
+    }
+}
+
+/// [`trained_toy`] with the spline flow, kept in `OUT/runs/SET-spline`.
+fn trained_spline(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Toy> {
+    let name = format!("{set}-spline");
+    trained_flow(set, &name, spline_flow(), options, progress)
 }
 
 /// [`trained_toy`] with another flow, kept in `OUT/runs/NAME`.

@@ -87,7 +87,7 @@ pub(crate) mod tests {
     use crate::flow::Sequential;
     use crate::nets::{ConvNet, ConvNetConfig, Mlp, MlpConfig};
     use crate::testing::*;
-    use crate::transforms::Transform;
+    use crate::transforms::{SplineConfig, Transform};
     use burn::tensor::Device;
 
     /// One of every layer, on images: the composition's log-det must still be exact.
@@ -125,6 +125,13 @@ pub(crate) mod tests {
             coupling(Mask::Checkerboard { flip: false }, Transform::AffineRealNvp),
             Permute::reverse(2, device).into(),
             coupling(Mask::Channels { flip: true }, Transform::Additive),
+            coupling(
+                Mask::Checkerboard { flip: true },
+                Transform::Spline(SplineConfig {
+                    bins: 5,
+                    tail_bound: 3.0,
+                }),
+            ),
             InvConvConfig::new(2, seed + 1).init_lu(device).into(),
             BatchNormFlowConfig::new(2).init(device).into(),
             DiagScale::new(2, device).into(),

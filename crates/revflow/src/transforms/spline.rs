@@ -22,7 +22,8 @@ use burn::tensor::activation::{softmax, softplus};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FlowError, Result};
+use crate::error::Result;
+use crate::validate::in_range;
 
 /// Smallest bin width and height, as a fraction of the interval `2B` divided by K.
 pub const MIN_BIN: f64 = 1e-3;
@@ -54,15 +55,10 @@ impl SplineConfig {
         3 * self.bins - 1
     }
 
+    /// Every field in range; errors name the field and its valid range.
     pub fn validate(&self) -> Result<()> {
-        crate::validate::in_range("--bins", self.bins, 2..=64)?;
-        if !(self.tail_bound.is_finite() && self.tail_bound > 0.0 && self.tail_bound <= 1e4) {
-            return Err(FlowError::Config(format!(
-                "--tail-bound must be a number in (0, 10000], found {}",
-                self.tail_bound
-            )));
-        }
-        Ok(())
+        in_range("bins", self.bins, 2..=64)?;
+        in_range("tail_bound", self.tail_bound, 1e-3..=1e4)
     }
 }
 
