@@ -70,4 +70,20 @@ import json
 print(next(json.loads(l)['device'] for l in open('wgpu-run/metrics.jsonl') if '\"started\"' in l))")
 check "the run records its device" "$([ -n "$where" ] && [ "${where#cpu}" = "$where" ] && echo 1 || echo 0)" "metrics.jsonl: trained on $where"
 
+# 6. No adapter (the Vulkan and EGL drivers hidden), or an index past the adapters: one line
+# and exit code 2, not cubecl's panic.
+refused() { # name, expected text, command...
+    local name=$1 want=$2 rc=0 out ok=0; shift 2
+    "$@" >/dev/null 2>err.txt || rc=$?
+    # Only revflow's own lines: the Vulkan loader and Mesa may add warnings of theirs.
+    out=$(grep '^revflow:' err.txt || true)
+    if [ "$rc" = 2 ] && [ "$(printf '%s\n' "$out" | wc -l)" = 1 ] && [[ "$out" == *"$want"* ]] \
+        && ! grep -q panicked err.txt; then ok=1; fi
+    check "$name" "$ok" "exit $rc: $out"
+}
+refused "no adapter" "no GPU adapter could be opened" \
+    env VK_ICD_FILENAMES=/nonexistent.json __EGL_VENDOR_LIBRARY_FILENAMES=/nonexistent.json \
+    "$B" eval cpu-run --device wgpu
+refused "an index past the adapters" "adapter(s)" "$B" eval cpu-run --device wgpu:64
+
 [ "$fail" = 0 ] && echo PASS || { echo FAIL; exit 1; }

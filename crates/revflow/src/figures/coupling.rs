@@ -147,7 +147,7 @@ fn variants() -> [(&'static str, &'static str, VectorFlowConfig); 3] {
         (
             "coupling-spline",
             "neural spline flow: spline couplings, swap",
-            super::spline_flow(),
+            VectorFlowConfig::neural_spline(),
         ),
     ]
 }

@@ -25,9 +25,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::data::{Data, Splits, VectorSet};
 use crate::error::{FlowError, Result};
-use crate::models::{FlatFlow, Model, ModelConfig, Permutation, VectorFlowConfig};
+use crate::models::{FlatFlow, Model, ModelConfig, VectorFlowConfig};
 use crate::training::{Run, RunConfig, RunDir, TrainConfig};
-use crate::transforms::SplineConfig;
 
 /// One of the figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,19 +178,11 @@ fn trained_toy(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> 
     trained_flow(set, set, VectorFlowConfig::default(), options, progress)
 }
 
-/// The spline flow beside it (neural spline flows): spline couplings between swaps.
-fn spline_flow() -> VectorFlowConfig {
-    VectorFlowConfig {
-        spline: Some(SplineConfig::default()),
-        permutation: Permutation::Reverse,
-        ..VectorFlowConfig::default()
-    }
-}
-
-/// [`trained_toy`] with the spline flow, kept in `OUT/runs/SET-spline`.
+/// [`trained_toy`] with the neural spline flow beside it, kept in `OUT/runs/SET-spline`.
 fn trained_spline(set: &str, options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Toy> {
     let name = format!("{set}-spline");
-    trained_flow(set, &name, spline_flow(), options, progress)
+    let flow = VectorFlowConfig::neural_spline();
+    trained_flow(set, &name, flow, options, progress)
 }
 
 /// [`trained_toy`] with another flow, kept in `OUT/runs/NAME`.

@@ -174,6 +174,19 @@ pub struct VectorFlowConfig {
     pub seed: u64,
 }
 
+impl VectorFlowConfig {
+    /// A neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings between
+    /// swaps of the halves. The command line's default for vector data: on checkerboard, four
+    /// rings and two spirals it beats the affine flow by 0.16–0.37 bits/dim (bench/README.md).
+    pub fn neural_spline() -> Self {
+        VectorFlowConfig {
+            spline: Some(SplineConfig::default()),
+            permutation: Permutation::Reverse,
+            ..VectorFlowConfig::default()
+        }
+    }
+}
+
 impl Default for VectorFlowConfig {
     fn default() -> Self {
         Self {
