@@ -130,6 +130,10 @@ struct BenchArgs {
     /// Batch size (default: 64 digits, 32 mnist, 16 cifar).
     #[arg(long)]
     batch: Option<usize>,
+    /// Hidden width of the coupling networks (default: 64 digits, 128 mnist, 256 cifar;
+    /// Glow's paper: 512).
+    #[arg(long)]
+    hidden: Option<usize>,
     /// Instead of timing, write the first configuration's model, a batch and its log-likelihood
     /// into this folder for bench/reference.py to check.
     #[arg(long)]
@@ -153,6 +157,9 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
     if let Some(batch) = args.batch {
         in_range("--batch", batch, 1..)?;
     }
+    if let Some(hidden) = args.hidden {
+        in_range("--hidden", hidden, 1..=4096)?;
+    }
     revflow::fused::set_enabled(!args.unfused);
     let presets = revflow::bench::presets();
     let mut chosen = Vec::new();
@@ -170,6 +177,7 @@ fn bench(args: BenchArgs) -> Result<Report, FlowError> {
                 ))
             })?;
         config.batch = args.batch.unwrap_or(config.batch);
+        config.glow.hidden = args.hidden.unwrap_or(config.glow.hidden);
         chosen.push(config);
     }
     if let Some(dir) = &args.export {

@@ -1047,7 +1047,16 @@ fn spline_couplings_train_sample_and_check_their_options() {
     let moons = ["train", "--data", "moons", "--samples", "2000"];
     let with = |extra: &[&'static str]| [&moons[..], extra].concat();
     refused(
-        &with(&["--coupling", "affine", "--bins", "4", "--steps", "2", "--out", "a"]),
+        &with(&[
+            "--coupling",
+            "affine",
+            "--bins",
+            "4",
+            "--steps",
+            "2",
+            "--out",
+            "a",
+        ]),
         &dir,
         "--bins shapes spline couplings; add --coupling spline",
     );
