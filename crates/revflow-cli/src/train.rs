@@ -514,13 +514,8 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
         (config, dir)
     };
     config.validate().map_err(for_options)?;
-    if let Some(name) = [
-        ("--bins", args.bins),
-        ("--tail-bound", args.tail_bound.map(|_| 0)),
-    ]
-    .into_iter()
-    .find_map(|(name, v)| v.map(|_| name))
-    {
+    let spline_option = (args.bins.map(|_| "--bins")).or(args.tail_bound.map(|_| "--tail-bound"));
+    if let Some(name) = spline_option {
         if !matches!(config.model.transform(), Some(Transform::Spline(_))) {
             return Err(FlowError::Config(format!(
                 "{name} shapes spline couplings; add --coupling spline (Glow or vector models)"

@@ -32,11 +32,6 @@ pub enum Backend {
 const NAMES: &str = "cpu, wgpu, wgpu:N, vulkan, cuda or cuda:N";
 
 impl Backend {
-    /// Whether this is burn's CPU backend, where revflow's fused operations run.
-    pub fn is_cpu(self) -> bool {
-        self == Backend::Cpu
-    }
-
     /// The device for inference on this backend (`.autodiff()` of it for training), or an
     /// error saying what is missing. A device is opened once per process and then reused.
     pub fn device(self) -> Result<Device> {
@@ -50,9 +45,32 @@ impl Backend {
         Ok(device)
     }
 
+    /// The default adapters through burn's fallible initialisation; `wgpu:N`, `cuda:N` from the
+    /// adapters the machine reports.
     fn open(self) -> Result<Device> {
         match self {
             Backend::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu(None) => Device::wgpu_options()
+                .init()
+                .map_err(|e| no_adapter(self, e)),
+            #[cfg(feature = "wgpu")]
+            Backend::Vulkan => Device::wgpu_options()
+                .graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan)
+                .init()
+                .map_err(|e| no_adapter(self, e)),
+            #[cfg(not(feature = "wgpu"))]
+            Backend::Wgpu(None) | Backend::Vulkan => Err(missing("wgpu")),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(None) => match adapters(self)?.into_iter().next() {
+                Some(a) => Ok(a.device),
+                None => Err(FlowError::Config(format!(
+                    "--device {self}: CUDA reports no GPU; check the NVIDIA driver, or use \
+                     --device cpu"
+                ))),
+            },
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda(None) => Err(missing("cuda")),
             Backend::Wgpu(Some(n)) | Backend::Cuda(Some(n)) => {
                 let found = adapters(self)?;
                 found.get(n).map(|a| a.device.clone()).ok_or_else(|| {
@@ -66,7 +84,6 @@ impl Backend {
                     ))
                 })
             }
-            _ => open_default(self),
         }
     }
 
@@ -93,34 +110,6 @@ fn no_adapter(backend: Backend, e: impl fmt::Display) -> FlowError {
         "--device {backend}: no GPU adapter could be opened ({e}); install the GPU's Vulkan \
          driver (or mesa-vulkan-drivers for a software one), or use --device cpu"
     ))
-}
-
-/// The default adapter of a GPU backend, through burn's fallible initialisation.
-fn open_default(backend: Backend) -> Result<Device> {
-    match backend {
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu(_) => Device::wgpu_options()
-            .init()
-            .map_err(|e| no_adapter(backend, e)),
-        #[cfg(feature = "wgpu")]
-        Backend::Vulkan => Device::wgpu_options()
-            .graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan)
-            .init()
-            .map_err(|e| no_adapter(backend, e)),
-        #[cfg(not(feature = "wgpu"))]
-        Backend::Wgpu(_) | Backend::Vulkan => Err(missing("wgpu")),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda(_) => match adapters(backend)?.into_iter().next() {
-            Some(a) => Ok(a.device),
-            None => Err(FlowError::Config(format!(
-                "--device {backend}: CUDA reports no GPU; check the NVIDIA driver, or use \
-                 --device cpu"
-            ))),
-        },
-        #[cfg(not(feature = "cuda"))]
-        Backend::Cuda(_) => Err(missing("cuda")),
-        Backend::Cpu => Ok(Device::flex()),
-    }
 }
 
 /// One adapter a backend reports, in the order `wgpu:N` / `cuda:N` index them.
@@ -171,10 +160,18 @@ pub fn describe(device: &Device) -> String {
     if let Some(identity) = device.identity() {
         return identity.name;
     }
-    match format!("{device:?}") {
-        d if d.contains("Flex") => format!("cpu (flex, {} threads)", rayon::current_num_threads()),
-        d => d,
+    match is_flex(device) {
+        true => format!("cpu (flex, {} threads)", rayon::current_num_threads()),
+        false => format!("{device:?}"),
     }
+}
+
+/// Whether `device` is burn's CPU backend (flex), autodiff or not.
+pub fn is_flex(device: &Device) -> bool {
+    matches!(
+        device.as_dispatch().clone().inner(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
 }
 
 impl fmt::Display for Backend {

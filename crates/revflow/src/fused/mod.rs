@@ -19,9 +19,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::TensorMetadata;
-use burn::backend::{
-    backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex,
-};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, ExtensionType, Flex};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 
 use kernels::{Dims, Params, Saved};
@@ -36,11 +34,7 @@ pub fn set_enabled(on: bool) {
 
 /// Whether tensors on `device` take the fused path.
 pub fn applies(device: &Device) -> bool {
-    ENABLED.load(Ordering::Relaxed)
-        && matches!(
-            device.as_dispatch().clone().inner(),
-            DispatchDevice::Flex(_)
-        )
+    ENABLED.load(Ordering::Relaxed) && crate::device::is_flex(device)
 }
 
 /// The parameters of a Glow coupling network, as the fused operation takes them (tensors of one

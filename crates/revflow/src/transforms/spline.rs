@@ -96,27 +96,14 @@ impl SplineConfig {
 
     /// `y = spline(x)` and `log y'(x)` elementwise; `x` is `[M]`, `raw` `[M, 3K − 1]`.
     pub fn forward(&self, x: Tensor<1>, raw: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
-        let knots = self.knots(raw);
-        let inside = x.clone().abs().lower_equal_elem(self.tail_bound);
-        let xc = x.clone().clamp(-self.tail_bound, self.tail_bound);
-        let bin = self.bin(&knots.xs, xc.clone());
-        let b = Bin::at(&knots, bin);
-        let xi = (xc - b.x0.clone()) / b.w.clone();
-        let (y, log_slope) = b.apply(xi);
-        let zeros = x.zeros_like();
-        (
-            x.mask_where(inside.clone(), y),
-            zeros.mask_where(inside, log_slope),
-        )
+        let (b, xc) = self.locate(raw, &x, false);
+        let (y, log_slope) = b.apply((xc - b.x0.clone()) / b.w.clone());
+        self.with_tails(x, y, log_slope)
     }
 
     /// `x = spline⁻¹(y)` and `log x'(y) = −log y'(x)` elementwise.
     pub fn inverse(&self, y: Tensor<1>, raw: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
-        let knots = self.knots(raw);
-        let inside = y.clone().abs().lower_equal_elem(self.tail_bound);
-        let yc = y.clone().clamp(-self.tail_bound, self.tail_bound);
-        let bin = self.bin(&knots.ys, yc.clone());
-        let b = Bin::at(&knots, bin);
+        let (b, yc) = self.locate(raw, &y, true);
         // Eq. 6–8 with Δ = δ_{k+1} + δ_k − 2s and dy = y − y_k.
         let dy = yc - b.y0.clone();
         let delta = b.d1.clone() + b.d0.clone() - b.s.clone() * 2.0;
@@ -128,20 +115,36 @@ impl SplineConfig {
         let xi = (qc * 2.0 / (qb.neg() - disc.sqrt())).clamp(0.0, 1.0);
         let x = b.x0.clone() + xi.clone() * b.w.clone();
         let (_, log_slope) = b.apply(xi);
-        let zeros = y.zeros_like();
-        (
-            y.mask_where(inside.clone(), x),
-            zeros.mask_where(inside, log_slope.neg()),
-        )
+        self.with_tails(y, x, log_slope.neg())
     }
 
-    /// The bin of each value of `v` (already within `[−B, B]`): how many interior knots are
-    /// at or below it, `[M, 1]` in `0..K`.
-    fn bin(&self, knots: &Tensor<2>, v: Tensor<1>) -> Tensor<2, Int> {
-        let [m, _] = knots.dims();
-        let interior = knots.clone().narrow(1, 1, self.bins - 1);
-        let v = v.reshape([m, 1]).expand([m, self.bins - 1]);
-        v.greater_equal(interior).int().sum_dim(1)
+    /// The bin of each value of `v` clamped to `[−B, B]`, among the knots' x (`inverse`: their
+    /// y): how many interior knots are at or below it. Returns the bin and the clamped values;
+    /// the tails are computed on those (never overflowing) and then replaced.
+    fn locate(&self, raw: Tensor<2>, v: &Tensor<1>, inverse: bool) -> (Bin, Tensor<1>) {
+        let knots = self.knots(raw);
+        let vc = v.clone().clamp(-self.tail_bound, self.tail_bound);
+        let edges = if inverse { &knots.ys } else { &knots.xs };
+        let [m, _] = edges.dims();
+        let interior = edges.clone().narrow(1, 1, self.bins - 1);
+        let wide = vc.clone().reshape([m, 1]).expand([m, self.bins - 1]);
+        let bin: Tensor<2, Int> = wide.greater_equal(interior).int().sum_dim(1);
+        (Bin::at(&knots, bin), vc)
+    }
+
+    /// The spline's `(value, log_slope)` within `[−B, B]`; outside, `v` itself and 0.
+    fn with_tails(
+        &self,
+        v: Tensor<1>,
+        value: Tensor<1>,
+        log_slope: Tensor<1>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let inside = v.clone().abs().lower_equal_elem(self.tail_bound);
+        let zeros = v.zeros_like();
+        (
+            v.mask_where(inside.clone(), value),
+            zeros.mask_where(inside, log_slope),
+        )
     }
 }
 
