@@ -4,16 +4,20 @@
 //! channel, so every convolution is one large matrix product:
 //!
 //! - conv3×3 `c_in → hidden`: the 9 shifted copies of the few input channels side by side
-//!   ("im2col", `rows × 9·c_in`) times the weights;
-//! - conv1×1 `hidden → hidden`: the activations times the weights;
+//!   ("im2col", `rows × 9·c_in`, channel-major so that burn's `[out, in, 3, 3]` weight is the
+//!   matrix as it lies in memory) times the weights;
+//! - conv1×1 `hidden → hidden`: the activations times the weights (read transposed in place);
 //! - zero conv3×3 `hidden → c_out`: the activations times the weights of all 9 taps
 //!   (`hidden × 9·c_out`), then each tap's columns added at its shift ("col2im").
 //!
-//! ActNorm's scale is folded into the weights before the product (`(A·W + b)·s = A·(W·s) + b·s`)
-//! and its bias and the ReLU applied in one pass over the result, so a hidden map is written
-//! once and read once. The backward pass is the same products transposed, and one pass per layer
-//! through ReLU and ActNorm that also sums their parameters' gradients.
+//! ActNorm (`(m + b)·s`) and the ReLU are one pass over each product's result, so a hidden map
+//! is written once and read once. The forward pass runs in blocks of whole images, in parallel:
+//! a block goes from the input to the output (and the affine coupling) on its own, its
+//! activations in this thread's scratch memory, which is kept between calls, so that inference
+//! allocates only its result. The backward pass is the same products transposed, and one pass
+//! per layer through ReLU and ActNorm that also sums their parameters' gradients.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -75,7 +79,7 @@ pub struct Grads {
     pub log_s3: Vec<f32>,
 }
 
-/// A matrix view into row-major memory, possibly transposed.
+/// A matrix view into memory: element `(i, j)` at `i·row_stride + j·col_stride`.
 #[derive(Clone, Copy)]
 struct View<'a> {
     data: &'a [f32],
@@ -85,6 +89,7 @@ struct View<'a> {
     col_stride: isize,
 }
 
+/// A row-major matrix.
 fn mat(data: &[f32], rows: usize, cols: usize) -> View<'_> {
     debug_assert_eq!(data.len(), rows * cols);
     View {
@@ -110,187 +115,249 @@ impl View<'_> {
 
 /// `a·b` into a new row-major matrix, the product split across threads when it is large.
 fn matmul(a: View, b: View) -> Vec<f32> {
-    let mut out = uninit(a.rows * b.cols);
+    let mut out = Vec::<f32>::with_capacity(a.rows * b.cols);
     // Small products are quicker on one thread than split across the pool.
     let parallel = a.rows * b.cols * a.cols >= 1 << 18;
-    product(&mut out, a, b, parallel);
-    // SAFETY: `product` wrote every value.
-    unsafe { assume_init(out) }
+    // SAFETY: `out` has room for rows·cols values, and `gemm_into` writes every one of them
+    // (zeroing first would be a wasted pass, 5 % of a step).
+    unsafe {
+        gemm_into(out.as_mut_ptr(), a, b, parallel);
+        out.set_len(a.rows * b.cols);
+    }
+    out
 }
 
-/// A buffer for [`product`] to fill: zeroing it first would be a wasted pass (5 % of a step).
-fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit values need no initialisation.
-    unsafe { v.set_len(len) };
-    v
+/// `out = a·b` (row-major), writing every value of `out`.
+fn product(out: &mut [f32], a: View, b: View, parallel: bool) {
+    assert_eq!(out.len(), a.rows * b.cols, "matrix product: output size");
+    // SAFETY: `out` holds rows·cols values and is borrowed mutably, so nothing aliases it.
+    unsafe { gemm_into(out.as_mut_ptr(), a, b, parallel) }
 }
 
 /// # Safety
-/// Every value of `v` has been written.
-unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: MaybeUninit<f32> has the layout of f32, and the caller vouches for the values.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
-}
-
-/// `out = a·b` (row-major), writing every value of `out`; returns it as initialised values.
-fn product<'o>(out: &'o mut [MaybeUninit<f32>], a: View, b: View, parallel: bool) -> &'o mut [f32] {
+/// `out` points at `a.rows·b.cols` writable values that nothing else reads or writes meanwhile;
+/// all of them are written.
+unsafe fn gemm_into(out: *mut f32, a: View, b: View, parallel: bool) {
     assert_eq!(a.cols, b.rows, "matrix product: inner sizes differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert_eq!(out.len(), m * n, "matrix product: output size");
-    if k == 0 {
-        out.fill(MaybeUninit::new(0.0));
-    } else if m * n > 0 {
-        let parallelism = if parallel {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: the views were built over slices holding rows·cols values with these strides
-        // (checked in `mat`), `out` holds m·n values, and nothing aliases it. With read_dst
-        // false the product writes every value of `out` without reading it.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                a.data.as_ptr(),
-                a.col_stride,
-                a.row_stride,
-                b.data.as_ptr(),
-                b.col_stride,
-                b.row_stride,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+    if m * n == 0 {
+        return;
     }
-    // SAFETY: every value was written above; MaybeUninit<f32> has the layout of f32.
-    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// Rows per task when the forward pass runs block by block: enough blocks for every thread,
-/// each small enough that its hidden activations stay in cache between the products.
-fn block_rows(rows: usize) -> usize {
-    rows.div_ceil(4 * rayon::current_num_threads())
-        .clamp(16, 256)
+    if k == 0 {
+        // SAFETY: the caller vouches for m·n values at `out`.
+        unsafe { std::slice::from_raw_parts_mut(out.cast::<MaybeUninit<f32>>(), m * n) }
+            .fill(MaybeUninit::new(0.0));
+        return;
+    }
+    for v in [a, b] {
+        // The last element a view reaches lies inside its slice (strides are non-negative).
+        let last = (v.rows - 1) as isize * v.row_stride + (v.cols - 1) as isize * v.col_stride;
+        assert!(v.row_stride >= 0 && v.col_stride >= 0 && (last as usize) < v.data.len());
+    }
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: both views stay inside their slices (checked above), the caller vouches for
+    // `out`, and with read_dst false the product writes every value without reading it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// Rows per parallel task in the element-wise passes.
 const BLOCK: usize = 64;
 
-/// The 9 shifted copies of `x` (NCHW, `c` channels) side by side: row `(n, y, x)`, column
-/// `tap·c + channel` holds `x[n, channel, y + sign·(ky−1), x + sign·(kx−1)]` (0 outside).
-/// With `sign = 1` this is a 3×3 convolution's input matrix; with `sign = −1` it spreads a
-/// gradient of `col2im(·, 1)` back over the taps (its adjoint).
-fn im2col(x: &[f32], d: Dims, c: usize, sign: isize) -> Vec<f32> {
-    let (h, w) = (d.h, d.w);
-    let mut cols = vec![0.0f32; d.rows() * 9 * c];
-    cols.par_chunks_mut(h * w * 9 * c)
-        .zip(x.par_chunks(c * h * w))
-        .for_each(|(cols, x)| {
-            for y in 0..h {
-                for xx in 0..w {
-                    let row = &mut cols[(y * w + xx) * 9 * c..][..9 * c];
-                    for tap in 0..9 {
-                        let sy = y as isize + sign * (tap as isize / 3 - 1);
-                        let sx = xx as isize + sign * (tap as isize % 3 - 1);
-                        if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
-                            continue;
-                        }
-                        let pixel = sy as usize * w + sx as usize;
-                        for ch in 0..c {
-                            row[tap * c + ch] = x[ch * h * w + pixel];
-                        }
-                    }
-                }
+/// Rows a forward block aims at: whole images are grouped until a block has this many, enough
+/// for the products to run near their peak, few enough to give every thread blocks.
+const BLOCK_ROWS: usize = 128;
+
+/// Rows per product inside a block: the hidden activations of this many stay in cache from one
+/// product to the next.
+const SUB_ROWS: usize = 256;
+
+/// Scratch memory above this many values is not kept for the next call.
+const KEEP_SCRATCH: usize = 1 << 22;
+
+thread_local! {
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` values of this thread's scratch memory (their contents are arbitrary).
+/// The memory is taken out while `f` runs, so a nested call gets its own.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut v = SCRATCH.take();
+    if v.len() < len {
+        v = vec![0.0; len];
+    }
+    let result = f(&mut v[..len]);
+    if v.len() <= KEEP_SCRATCH {
+        SCRATCH.set(v);
+    }
+    result
+}
+
+/// Where tap `tap` of channel `ch` sits among the `9·c` columns of an im2col row.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    tap: usize,
+    channel: usize,
+}
+
+impl Columns {
+    /// `ch·9 + tap`: a `[out, in, 3, 3]` weight read in place is the `9·in × out` matrix.
+    const BY_CHANNEL: Columns = Columns { tap: 1, channel: 9 };
+
+    /// `tap·c + ch`: each tap's `c` columns side by side, as the zero conv's products come.
+    fn by_tap(c: usize) -> Self {
+        Columns { tap: c, channel: 1 }
+    }
+
+    fn at(self, tap: usize, ch: usize) -> usize {
+        tap * self.tap + ch * self.channel
+    }
+}
+
+/// The pixel that tap `tap` at `(y, x)` reads (`sign = 1`) or feeds (`sign = −1`), if inside.
+#[inline]
+fn shifted(y: usize, x: usize, tap: usize, sign: isize, h: usize, w: usize) -> Option<usize> {
+    let sy = y as isize + sign * (tap as isize / 3 - 1);
+    let sx = x as isize + sign * (tap as isize % 3 - 1);
+    (sy >= 0 && sx >= 0 && sy < h as isize && sx < w as isize)
+        .then(|| sy as usize * w + sx as usize)
+}
+
+/// One image's 9 shifted copies: row `(y, x)`, column `layout.at(tap, ch)` of `cols` gets
+/// `x[ch, y + sign·(ky−1), x + sign·(kx−1)]` (0 outside). With `sign = 1` this is a 3×3
+/// convolution's input matrix; with `sign = −1` it spreads a gradient of
+/// `col2im(·, 1)` back over the taps (its adjoint).
+fn im2col_image(x: &[f32], h: usize, w: usize, sign: isize, layout: Columns, cols: &mut [f32]) {
+    let plane = h * w;
+    let c = x.len() / plane;
+    for (pixel, row) in cols.chunks_exact_mut(9 * c).enumerate() {
+        let (y, xx) = (pixel / w, pixel % w);
+        for tap in 0..9 {
+            match shifted(y, xx, tap, sign, h, w) {
+                Some(src) => (0..c).for_each(|ch| row[layout.at(tap, ch)] = x[ch * plane + src]),
+                None => (0..c).for_each(|ch| row[layout.at(tap, ch)] = 0.0),
             }
-        });
+        }
+    }
+}
+
+/// The inverse arrangement of [`im2col_image`], summing: `out` (c planes) at `(ch, y, x)` is
+/// `(bias[ch] + Σ_tap cols[row (y + sign·(ky−1), x + sign·(kx−1)), column layout.at(tap, ch)])
+/// · scale[ch]` (no bias or scale when those are empty). With `sign = 1` this finishes a 3×3
+/// convolution computed per tap; with `sign = −1` it is the adjoint of `im2col_image(·, 1)`.
+#[allow(clippy::too_many_arguments)]
+fn col2im_image(
+    cols: &[f32],
+    h: usize,
+    w: usize,
+    sign: isize,
+    layout: Columns,
+    bias: &[f32],
+    scale: &[f32],
+    out: &mut [f32],
+) {
+    let plane = h * w;
+    let c = out.len() / plane;
+    let mut sum = vec![0.0f32; c];
+    for pixel in 0..plane {
+        let (y, xx) = (pixel / w, pixel % w);
+        match bias.is_empty() {
+            true => sum.fill(0.0),
+            false => sum.copy_from_slice(bias),
+        }
+        for tap in 0..9 {
+            if let Some(src) = shifted(y, xx, tap, sign, h, w) {
+                let row = &cols[src * 9 * c..][..9 * c];
+                sum.iter_mut()
+                    .enumerate()
+                    .for_each(|(ch, s)| *s += row[layout.at(tap, ch)]);
+            }
+        }
+        for (ch, s) in sum.iter().enumerate() {
+            out[ch * plane + pixel] = if scale.is_empty() { *s } else { s * scale[ch] };
+        }
+    }
+}
+
+/// [`im2col_image`] over a batch (NCHW, `c` channels), images in parallel.
+fn im2col(x: &[f32], d: Dims, c: usize, sign: isize, layout: Columns) -> Vec<f32> {
+    let plane = d.h * d.w;
+    let mut cols = vec![0.0f32; d.rows() * 9 * c];
+    cols.par_chunks_mut(plane * 9 * c)
+        .zip(x.par_chunks(c * plane))
+        .for_each(|(cols, x)| im2col_image(x, d.h, d.w, sign, layout, cols));
     cols
 }
 
-/// The inverse arrangement of [`im2col`], summing: output (NCHW, `c` channels) at `(n, ch, y, x)`
-/// is `bias[ch]` plus, over the taps, column `tap·c + ch` of row `(n, y + sign·(ky−1),
-/// x + sign·(kx−1))`. With `sign = 1` this finishes a 3×3 convolution computed per tap; with
-/// `sign = −1` it is the adjoint of `im2col(·, 1)`.
-fn col2im(cols: &[f32], d: Dims, c: usize, sign: isize, bias: &[f32]) -> Vec<f32> {
-    let (h, w) = (d.h, d.w);
-    let mut out = vec![0.0f32; d.n * c * h * w];
-    out.par_chunks_mut(c * h * w)
-        .zip(cols.par_chunks(h * w * 9 * c))
-        .for_each(|(out, cols)| {
-            // Sum pixel-major (contiguous runs of c values), then lay the planes out.
-            let mut sum = vec![0.0f32; h * w * c];
-            for (pixel, sum) in sum.chunks_exact_mut(c).enumerate() {
-                let (y, xx) = (pixel / w, pixel % w);
-                if !bias.is_empty() {
-                    sum.copy_from_slice(bias);
-                }
-                for tap in 0..9 {
-                    let sy = y as isize + sign * (tap as isize / 3 - 1);
-                    let sx = xx as isize + sign * (tap as isize % 3 - 1);
-                    if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
-                        continue;
-                    }
-                    let row = &cols[(sy as usize * w + sx as usize) * 9 * c + tap * c..][..c];
-                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                }
-            }
-            for (pixel, sum) in sum.chunks_exact(c).enumerate() {
-                for (ch, v) in sum.iter().enumerate() {
-                    out[ch * h * w + pixel] = *v;
-                }
-            }
-        });
+/// [`col2im_image`] over a batch, images in parallel: NCHW with `c` channels.
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    cols: &[f32],
+    d: Dims,
+    c: usize,
+    sign: isize,
+    layout: Columns,
+    bias: &[f32],
+    scale: &[f32],
+) -> Vec<f32> {
+    let plane = d.h * d.w;
+    let mut out = vec![0.0f32; d.n * c * plane];
+    out.par_chunks_mut(c * plane)
+        .zip(cols.par_chunks(plane * 9 * c))
+        .for_each(|(out, cols)| col2im_image(cols, d.h, d.w, sign, layout, bias, scale, out));
     out
 }
 
-/// A 3×3 weight `[out, in, 3, 3]` as the `9·in × out` matrix that multiplies [`im2col`]'s
-/// output, each output column scaled by `scale`.
-fn taps_by_input(w: &[f32], c_out: usize, c_in: usize, scale: &[f32]) -> Vec<f32> {
-    let mut m = vec![0.0f32; 9 * c_in * c_out];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for tap in 0..9 {
-                m[(tap * c_in + i) * c_out + o] = w[(o * c_in + i) * 9 + tap] * scale[o];
-            }
-        }
-    }
-    m
-}
-
 /// A 3×3 weight `[out, in, 3, 3]` as the `in × 9·out` matrix whose product with the
-/// activations [`col2im`] finishes, output channel `o` scaled by `scale[o]`.
-fn taps_by_output(w: &[f32], c_out: usize, c_in: usize, scale: &[f32]) -> Vec<f32> {
+/// activations [`col2im`] finishes (columns [`Columns::by_tap`]).
+fn taps_by_output(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let mut m = vec![0.0f32; c_in * 9 * c_out];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for tap in 0..9 {
-                m[i * 9 * c_out + tap * c_out + o] = w[(o * c_in + i) * 9 + tap] * scale[o];
+    for (i, row) in m.chunks_exact_mut(9 * c_out).enumerate() {
+        for tap in 0..9 {
+            for o in 0..c_out {
+                row[tap * c_out + o] = w[(o * c_in + i) * 9 + tap];
             }
         }
     }
     m
 }
 
-/// A 1×1 weight `[out, in]` transposed to `in × out`, output column `o` scaled by `scale[o]`.
-fn transposed_scaled(w: &[f32], c_out: usize, c_in: usize, scale: &[f32]) -> Vec<f32> {
-    let mut m = vec![0.0f32; c_in * c_out];
+/// Inverse of [`taps_by_output`]: back to `[out, in, 3, 3]`.
+fn untap_by_output(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut w = vec![0.0f32; c_out * c_in * 9];
     for o in 0..c_out {
         for i in 0..c_in {
-            m[i * c_out + o] = w[o * c_in + i] * scale[o];
+            for tap in 0..9 {
+                w[(o * c_in + i) * 9 + tap] = m[i * 9 * c_out + tap * c_out + o];
+            }
         }
     }
-    m
+    w
 }
 
 fn exp(v: &[f32], factor: f32) -> Vec<f32> {
@@ -301,11 +368,11 @@ fn times(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(a, b)| a * b).collect()
 }
 
-/// `h ← relu(h + bias)` row by row.
-fn bias_relu(h: &mut [f32], bias: &[f32]) {
-    for row in h.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
+/// `h ← relu(h·s + b)` row by row: ActNorm `(m + b₀)·s` with `b = b₀·s`, then the ReLU.
+fn actnorm_relu(h: &mut [f32], s: &[f32], b: &[f32]) {
+    for row in h.chunks_exact_mut(s.len()) {
+        for ((v, s), b) in row.iter_mut().zip(s).zip(b) {
+            *v = (*v * s + b).max(0.0);
         }
     }
 }
@@ -345,51 +412,241 @@ fn add(mut a: Vec<f32>, b: &[f32]) -> Vec<f32> {
     a
 }
 
-/// The network's output (NCHW, `c_out` channels) for `x` (NCHW, `c_in` channels), and what
-/// the backward pass needs when `keep` is set.
-pub fn forward(x: &[f32], d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
-    let (rows, hidden) = (d.rows(), d.hidden);
-    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
+/// The network's weights as the products read them: the two first in place (views), the zero
+/// conv's taps rearranged; ActNorm's scales and scaled biases, the zero conv's bias and scale.
+struct Prepared<'a> {
+    w1: View<'a>,
+    s1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: View<'a>,
+    s2: Vec<f32>,
+    b2: Vec<f32>,
+    w3: Vec<f32>,
+    b3: &'a [f32],
+    s3: Vec<f32>,
+}
 
-    let (c_in, c_out) = (d.c_in, d.c_out);
-    let a1 = im2col(x, d, c_in, 1);
-    let (w1, b1) = (taps_by_input(p.w1, hidden, c_in, &s1), times(p.b1, &s1));
-    let (w2, b2) = (
-        transposed_scaled(p.w2, hidden, hidden, &s2),
-        times(p.b2, &s2),
+impl<'a> Prepared<'a> {
+    fn new(d: Dims, p: Params<'a>) -> Self {
+        let (c_in, hidden) = (d.c_in, d.hidden);
+        let (s1, s2) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0));
+        Prepared {
+            // burn's weights read in place as the matrices the products need:
+            // [hidden, c_in·9] as (c_in·9) × hidden, [out, in] as in × out.
+            w1: mat(p.w1, hidden, 9 * c_in).t(),
+            b1: times(p.b1, &s1),
+            s1,
+            w2: mat(p.w2, hidden, hidden).t(),
+            b2: times(p.b2, &s2),
+            s2,
+            w3: taps_by_output(p.w3, d.c_out, hidden),
+            b3: p.b3,
+            s3: exp(p.log_s3, 3.0),
+        }
+    }
+}
+
+/// What follows the network in one call: nothing, or Glow's affine coupling of `x_b`.
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    Net,
+    Affine { x_b: &'a [f32], reverse: bool },
+}
+
+/// One block's memory: the activations it keeps for the backward pass (empty when not
+/// training), and its part of the result.
+struct Block<'a> {
+    /// Index of the block's first image.
+    first: usize,
+    images: usize,
+    a1: &'a mut [f32],
+    h1: &'a mut [f32],
+    h2: &'a mut [f32],
+    /// The network's output, kept for the backward pass of the affine coupling.
+    net: &'a mut [f32],
+    result: &'a mut [f32],
+}
+
+/// `buf` cut into `blocks` consecutive parts of `size` values (the last may be shorter), or
+/// `blocks` empty parts when `buf` is empty.
+fn carve(buf: &mut [f32], size: usize, blocks: usize) -> Vec<&mut [f32]> {
+    match buf.is_empty() {
+        true => (0..blocks).map(|_| <&mut [f32]>::default()).collect(),
+        false => buf.chunks_mut(size).collect(),
+    }
+}
+
+/// Runs the network, and `head` after it, over the batch in blocks of whole images.
+fn run(x: &[f32], head: Head, d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
+    let (plane, rows, hidden) = (d.h * d.w, d.rows(), d.hidden);
+    if rows == 0 {
+        let empty = Saved {
+            a1: vec![],
+            h1: vec![],
+            h2: vec![],
+            out: vec![],
+        };
+        return (Vec::new(), keep.then_some(empty));
+    }
+    let w = Prepared::new(d, p);
+    let per_block = BLOCK_ROWS.div_ceil(plane).clamp(1, d.n.max(1));
+    let blocks = d.n.div_ceil(per_block);
+    // Too few blocks to share out: one block, each product split across the threads instead.
+    let (per_block, blocks, parallel) = match blocks < rayon::current_num_threads() {
+        true => (d.n, 1, true),
+        false => (per_block, blocks, false),
+    };
+    let sized = |n: usize| if keep { vec![0.0f32; n] } else { Vec::new() };
+    let (mut a1, mut h1, mut h2) = (
+        sized(rows * 9 * d.c_in),
+        sized(rows * hidden),
+        sized(rows * hidden),
     );
-    let w3 = taps_by_output(p.w3, c_out, hidden, &s3);
-
-    // Everything up to the zero conv's per-tap products is row by row, so it runs in blocks
-    // of rows, in parallel, each block's activations still in cache from one product to the
-    // next.
-    let block = block_rows(rows);
-    let (mut h1, mut h2) = (uninit(rows * hidden), uninit(rows * hidden));
-    let mut z = uninit(rows * 9 * c_out);
-    h1.par_chunks_mut(block * hidden)
-        .zip(h2.par_chunks_mut(block * hidden))
-        .zip(z.par_chunks_mut(block * 9 * c_out))
+    let mut net = match head {
+        Head::Affine { .. } => sized(d.n * d.c_out * plane),
+        Head::Net => Vec::new(),
+    };
+    let mut result = vec![0.0f32; d.n * d.c_out * plane];
+    let block_rows = per_block * plane;
+    let parts = carve(&mut a1, block_rows * 9 * d.c_in, blocks)
+        .into_iter()
+        .zip(carve(&mut h1, block_rows * hidden, blocks))
+        .zip(carve(&mut h2, block_rows * hidden, blocks))
+        .zip(carve(&mut net, per_block * d.c_out * plane, blocks))
+        .zip(result.chunks_mut(per_block * d.c_out * plane))
         .enumerate()
-        .for_each(|(i, ((h1, h2), z))| {
-            let n = h1.len() / hidden;
-            let a1 = &a1[i * block * 9 * c_in..][..n * 9 * c_in];
-            let h1 = product(h1, mat(a1, n, 9 * c_in), mat(&w1, 9 * c_in, hidden), false);
-            bias_relu(h1, &b1);
-            let h2 = product(h2, mat(h1, n, hidden), mat(&w2, hidden, hidden), false);
-            bias_relu(h2, &b2);
-            product(z, mat(h2, n, hidden), mat(&w3, hidden, 9 * c_out), false);
+        .map(|(i, ((((a1, h1), h2), net), result))| Block {
+            first: i * per_block,
+            images: result.len() / (d.c_out * plane),
+            a1,
+            h1,
+            h2,
+            net,
+            result,
         });
-    // SAFETY: the blocks cover the buffers, and `product` wrote every value of each.
-    let (h1, h2, z) = unsafe { (assume_init(h1), assume_init(h2), assume_init(z)) };
-    let out = col2im(&z, d, d.c_out, 1, &times(p.b3, &s3));
-
+    let blocks: Vec<Block> = parts.collect();
+    match parallel {
+        true => blocks
+            .into_iter()
+            .for_each(|b| forward_block(x, head, d, &w, b, true)),
+        false => blocks
+            .into_par_iter()
+            .for_each(|b| forward_block(x, head, d, &w, b, false)),
+    }
     let saved = keep.then(|| Saved {
         a1,
         h1,
         h2,
-        out: out.clone(),
+        out: match head {
+            Head::Net => result.clone(),
+            Head::Affine { .. } => net,
+        },
     });
-    (out, saved)
+    (result, saved)
+}
+
+/// One block of images from the input to the result; `parallel`: split each product across
+/// the threads (when this is the only block).
+fn forward_block(x: &[f32], head: Head, d: Dims, w: &Prepared, b: Block, parallel: bool) {
+    let (plane, hidden, c_in, c_out) = (d.h * d.w, d.hidden, d.c_in, d.c_out);
+    let rows = b.images * plane;
+    let keep = !b.a1.is_empty();
+    let sub = SUB_ROWS.min(rows);
+    let scratch = match keep {
+        true => rows * 9 * c_out,
+        false => rows * 9 * (c_in + c_out) + 2 * sub * hidden + b.images * c_out * plane,
+    };
+    with_scratch(scratch, |scratch| {
+        let (z, scratch) = scratch.split_at_mut(rows * 9 * c_out);
+        let (a1, h1, h2, net) = match keep {
+            true => (&mut *b.a1, &mut *b.h1, &mut *b.h2, &mut *b.net),
+            false => {
+                let (a1, rest) = scratch.split_at_mut(rows * 9 * c_in);
+                let (h1, rest) = rest.split_at_mut(sub * hidden);
+                let (h2, net) = rest.split_at_mut(sub * hidden);
+                (a1, h1, h2, net)
+            }
+        };
+        let x = &x[b.first * c_in * plane..][..b.images * c_in * plane];
+        for (x, a1) in x
+            .chunks_exact(c_in * plane)
+            .zip(a1.chunks_exact_mut(plane * 9 * c_in))
+        {
+            im2col_image(x, d.h, d.w, 1, Columns::BY_CHANNEL, a1);
+        }
+        // The row-wise part, a few hundred rows at a time so that h1 and h2 stay in cache.
+        for start in (0..rows).step_by(sub) {
+            let m = sub.min(rows - start);
+            let (h1, h2) = match keep {
+                true => (
+                    &mut h1[start * hidden..][..m * hidden],
+                    &mut h2[start * hidden..][..m * hidden],
+                ),
+                false => (&mut h1[..m * hidden], &mut h2[..m * hidden]),
+            };
+            let a1 = &a1[start * 9 * c_in..][..m * 9 * c_in];
+            product(h1, mat(a1, m, 9 * c_in), w.w1, parallel);
+            actnorm_relu(h1, &w.s1, &w.b1);
+            product(h2, mat(h1, m, hidden), w.w2, parallel);
+            actnorm_relu(h2, &w.s2, &w.b2);
+            let z = &mut z[start * 9 * c_out..][..m * 9 * c_out];
+            product(
+                z,
+                mat(h2, m, hidden),
+                mat(&w.w3, hidden, 9 * c_out),
+                parallel,
+            );
+        }
+        let layout = Columns::by_tap(c_out);
+        let finish = |out: &mut [f32]| {
+            let images = z
+                .chunks_exact(plane * 9 * c_out)
+                .zip(out.chunks_exact_mut(c_out * plane));
+            for (z, out) in images {
+                col2im_image(z, d.h, d.w, 1, layout, w.b3, &w.s3, out);
+            }
+        };
+        match head {
+            Head::Net => finish(b.result),
+            Head::Affine { x_b, reverse } => {
+                let net = &mut net[..b.images * c_out * plane];
+                finish(net);
+                let half = c_out / 2 * plane;
+                let x_b = &x_b[b.first * half..][..b.images * half];
+                let images = net.chunks_exact(2 * half).zip(x_b.chunks_exact(half));
+                for ((net, x_b), result) in images.zip(b.result.chunks_exact_mut(2 * half)) {
+                    affine(net, x_b, reverse, result);
+                }
+            }
+        }
+    });
+}
+
+/// Glow's affine coupling of one image: `net` holds `(t, r)`, `result` gets `y` then `±log s`
+/// with `s = σ(r + 2)`: `y = (x_b + t)·s`, or in `reverse` `y = x_b / s − t`.
+fn affine(net: &[f32], x_b: &[f32], reverse: bool, result: &mut [f32]) {
+    let (t, r) = net.split_at(x_b.len());
+    let (y, log_s) = result.split_at_mut(x_b.len());
+    for i in 0..x_b.len() {
+        let z = r[i] + 2.0;
+        // σ(z) and log σ(z) from one exponential, without overflow for either sign.
+        let e = (-z.abs()).exp();
+        let l = e.ln_1p();
+        let (s, ls) = match z >= 0.0 {
+            true => (1.0 / (1.0 + e), -l),
+            false => (e / (1.0 + e), z - l),
+        };
+        match reverse {
+            false => (y[i], log_s[i]) = ((x_b[i] + t[i]) * s, ls),
+            true => (y[i], log_s[i]) = (x_b[i] / s - t[i], -ls),
+        }
+    }
+}
+
+/// The network's output (NCHW, `c_out` channels) for `x` (NCHW, `c_in` channels), and what
+/// the backward pass needs when `keep` is set.
+pub fn forward(x: &[f32], d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
+    run(x, Head::Net, d, p, keep)
 }
 
 /// The second convolution's output before its ActNorm, `conv1×1(relu(ActNorm₁(conv3×3(x))))`,
@@ -398,120 +655,24 @@ pub fn forward(x: &[f32], d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<S
 pub fn second(x: &[f32], d: Dims, p: Params) -> Vec<f32> {
     let (rows, hidden, c_in) = (d.rows(), d.hidden, d.c_in);
     let s1 = exp(p.log_s1, 1.0);
-    let a1 = im2col(x, d, c_in, 1);
-    let (w1, b1) = (taps_by_input(p.w1, hidden, c_in, &s1), times(p.b1, &s1));
-    let w2 = transposed_scaled(p.w2, hidden, hidden, &vec![1.0; hidden]);
-    let block = block_rows(rows);
-    let (mut h1, mut m2) = (uninit(rows * hidden), uninit(rows * hidden));
-    h1.par_chunks_mut(block * hidden)
-        .zip(m2.par_chunks_mut(block * hidden))
-        .enumerate()
-        .for_each(|(i, (h1, m2))| {
-            let n = h1.len() / hidden;
-            let a1 = &a1[i * block * 9 * c_in..][..n * 9 * c_in];
-            let h1 = product(h1, mat(a1, n, 9 * c_in), mat(&w1, 9 * c_in, hidden), false);
-            bias_relu(h1, &b1);
-            product(m2, mat(h1, n, hidden), mat(&w2, hidden, hidden), false);
-        });
-    // SAFETY: the blocks cover the buffer, and `product` wrote every value of each.
-    unsafe { assume_init(m2) }
+    let a1 = im2col(x, d, c_in, 1, Columns::BY_CHANNEL);
+    // [hidden, c_in·9] read as the (c_in·9) × hidden matrix, as in `Prepared`.
+    let mut h1 = matmul(mat(&a1, rows, 9 * c_in), mat(p.w1, hidden, 9 * c_in).t());
+    actnorm_relu(&mut h1, &s1, &times(p.b1, &s1));
+    matmul(mat(&h1, rows, hidden), mat(p.w2, hidden, hidden).t())
 }
 
 /// The network's output (NCHW, `c_out` channels) from [`second`]'s `m2`:
 /// `conv3×3(relu(ActNorm₂(m2)))`, as [`forward`] computes it.
 pub fn from_second(mut m2: Vec<f32>, d: Dims, p: Params) -> Vec<f32> {
-    let (hidden, c_out) = (d.hidden, d.c_out);
-    let (s2, s3) = (exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
-    // relu((m2 + b2)·s2) = relu(m2·s2 + b2·s2), in the order `forward` folds it.
-    let b2 = times(p.b2, &s2);
-    m2.par_chunks_mut(BLOCK * hidden).for_each(|rows| {
-        for row in rows.chunks_exact_mut(hidden) {
-            for ((v, s), b) in row.iter_mut().zip(&s2).zip(&b2) {
-                *v = (*v * s + b).max(0.0);
-            }
-        }
-    });
-    let w3 = taps_by_output(p.w3, c_out, hidden, &s3);
-    let z = matmul(mat(&m2, d.rows(), hidden), mat(&w3, hidden, 9 * c_out));
-    col2im(&z, d, c_out, 1, &times(p.b3, &s3))
-}
-
-/// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
-pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
-    let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);
-    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
-    let plane = d.h * d.w;
-
-    // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out.
-    let mut log_s3 = vec![0.0f32; c_out];
-    let mut b3 = vec![0.0f32; c_out];
-    let mut g = grad_out.to_vec(); // becomes ∂L/∂(conv(h2) + b3)
-    for (i, (g, o)) in g.chunks_mut(plane).zip(saved.out.chunks(plane)).enumerate() {
-        let ch = i % c_out;
-        for (g, o) in g.iter_mut().zip(o) {
-            log_s3[ch] += 3.0 * *g * o;
-            *g *= s3[ch];
-            b3[ch] += *g;
-        }
-    }
-    let dz = im2col(&g, d, c_out, -1);
-    let w3_by_tap = matmul(mat(&saved.h2, rows, hidden).t(), mat(&dz, rows, 9 * c_out));
-    let ones = vec![1.0f32; hidden.max(c_out)];
-    let w3 = taps_by_output(p.w3, c_out, hidden, &ones[..c_out]);
-    let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w3, hidden, 9 * c_out).t());
-
-    let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &s2);
-    let w2 = matmul(mat(&dh2, rows, hidden).t(), mat(&saved.h1, rows, hidden));
-    let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(p.w2, hidden, hidden));
-
-    let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &s1);
-    let w1_by_tap = matmul(mat(&saved.a1, rows, 9 * c_in).t(), mat(&dh1, rows, hidden));
-    let x = if with_x {
-        let w1 = taps_by_input(p.w1, hidden, c_in, &ones[..hidden]);
-        let da1 = matmul(mat(&dh1, rows, hidden), mat(&w1, 9 * c_in, hidden).t());
-        col2im(&da1, d, c_in, -1, &[])
-    } else {
-        Vec::new()
-    };
-
-    Grads {
-        x,
-        w1: untap_by_input(&w1_by_tap, hidden, c_in),
-        log_s1,
-        b1,
-        w2,
-        log_s2,
-        b2,
-        w3: untap_by_output(&w3_by_tap, c_out, hidden),
-        b3,
-        log_s3,
-    }
-}
-
-/// Inverse of [`taps_by_input`] (unscaled): back to `[out, in, 3, 3]`.
-fn untap_by_input(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut w = vec![0.0f32; c_out * c_in * 9];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for tap in 0..9 {
-                w[(o * c_in + i) * 9 + tap] = m[(tap * c_in + i) * c_out + o];
-            }
-        }
-    }
-    w
-}
-
-/// Inverse of [`taps_by_output`] (unscaled): back to `[out, in, 3, 3]`.
-fn untap_by_output(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut w = vec![0.0f32; c_out * c_in * 9];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for tap in 0..9 {
-                w[(o * c_in + i) * 9 + tap] = m[i * 9 * c_out + tap * c_out + o];
-            }
-        }
-    }
-    w
+    let w = Prepared::new(d, p);
+    m2.par_chunks_mut(BLOCK * d.hidden)
+        .for_each(|rows| actnorm_relu(rows, &w.s2, &w.b2));
+    let z = matmul(
+        mat(&m2, d.rows(), d.hidden),
+        mat(&w.w3, d.hidden, 9 * d.c_out),
+    );
+    col2im(&z, d, d.c_out, 1, Columns::by_tap(d.c_out), w.b3, &w.s3)
 }
 
 /// Glow's affine coupling on top of the network: with `(t, r)` the network's output on `x_a`
@@ -527,29 +688,57 @@ pub fn affine_forward(
     p: Params,
     keep: bool,
 ) -> (Vec<f32>, Option<Saved>) {
-    let (h, saved) = forward(x_a, d, p, keep);
-    let plane = d.c_out / 2 * d.h * d.w; // one image's channels of x_b
-    let mut out = vec![0.0f32; h.len()];
-    out.par_chunks_mut(2 * plane)
-        .zip(h.par_chunks(2 * plane))
-        .zip(x_b.par_chunks(plane))
-        .for_each(|((out, h), x_b)| {
-            let (y, log_s) = out.split_at_mut(plane);
-            let (t, r) = h.split_at(plane);
-            for i in 0..plane {
-                let z = r[i] + 2.0;
-                // log σ(z) = −log(1 + e^(−z)), computed without overflow for either sign.
-                let ls = z.min(0.0) - (-z.abs()).exp().ln_1p();
-                if reverse {
-                    log_s[i] = -ls;
-                    y[i] = x_b[i] * (-ls).exp() - t[i];
-                } else {
-                    log_s[i] = ls;
-                    y[i] = (x_b[i] + t[i]) * ls.exp();
-                }
-            }
-        });
-    (out, saved)
+    run(x_a, Head::Affine { x_b, reverse }, d, p, keep)
+}
+
+/// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
+pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
+    let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);
+    let w = Prepared::new(d, p);
+    let plane = d.h * d.w;
+
+    // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out.
+    let mut log_s3 = vec![0.0f32; c_out];
+    let mut b3 = vec![0.0f32; c_out];
+    let mut g = grad_out.to_vec(); // becomes ∂L/∂(conv(h2) + b3)
+    for (i, (g, o)) in g.chunks_mut(plane).zip(saved.out.chunks(plane)).enumerate() {
+        let ch = i % c_out;
+        for (g, o) in g.iter_mut().zip(o) {
+            log_s3[ch] += 3.0 * *g * o;
+            *g *= w.s3[ch];
+            b3[ch] += *g;
+        }
+    }
+    let dz = im2col(&g, d, c_out, -1, Columns::by_tap(c_out));
+    let w3_by_tap = matmul(mat(&saved.h2, rows, hidden).t(), mat(&dz, rows, 9 * c_out));
+    let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w.w3, hidden, 9 * c_out).t());
+
+    let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &w.s2);
+    let w2 = matmul(mat(&dh2, rows, hidden).t(), mat(&saved.h1, rows, hidden));
+    let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(p.w2, hidden, hidden));
+
+    let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &w.s1);
+    // [hidden, c_in·9], the weight's own layout, since im2col's columns are channel-major.
+    let w1 = matmul(mat(&dh1, rows, hidden).t(), mat(&saved.a1, rows, 9 * c_in));
+    let x = if with_x {
+        let da1 = matmul(mat(&dh1, rows, hidden), w.w1.t());
+        col2im(&da1, d, c_in, -1, Columns::BY_CHANNEL, &[], &[])
+    } else {
+        Vec::new()
+    };
+
+    Grads {
+        x,
+        w1,
+        log_s1,
+        b1,
+        w2,
+        log_s2,
+        b2,
+        w3: untap_by_output(&w3_by_tap, c_out, hidden),
+        b3,
+        log_s3,
+    }
 }
 
 /// Gradients of [`affine_forward`] for `grad_out` (same layout as its output): those of
@@ -592,4 +781,198 @@ pub fn affine_backward(
             }
         });
     (backward(&grad_net, d, p, saved, with_x), grad_b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded values in [−scale, scale).
+    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// A 3×3 "same" convolution by its definition, in f64: `x` NCHW, `w` `[out, in, 3, 3]`.
+    fn conv3x3(x: &[f64], d: Dims, c_in: usize, c_out: usize, w: &[f32]) -> Vec<f64> {
+        let (h, wd) = (d.h as isize, d.w as isize);
+        let mut out = vec![0.0; d.n * c_out * d.h * d.w];
+        for n in 0..d.n {
+            for o in 0..c_out {
+                for y in 0..h {
+                    for xx in 0..wd {
+                        let mut s = 0.0;
+                        for i in 0..c_in {
+                            for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                                let (sy, sx) = (y + ky - 1, xx + kx - 1);
+                                if sy < 0 || sx < 0 || sy >= h || sx >= wd {
+                                    continue;
+                                }
+                                let v = x[((n * c_in + i) as isize * h + sy) as usize * d.w
+                                    + sx as usize];
+                                s += v * w[((o * c_in + i) * 3 + ky as usize) * 3 + kx as usize]
+                                    as f64;
+                            }
+                        }
+                        out[((n * c_out + o) * d.h + y as usize) * d.w + xx as usize] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `relu((v + b)·exp(log_s))` per channel of an NCHW map.
+    fn actnorm_relu_nchw(v: &mut [f64], c: usize, plane: usize, b: &[f32], log_s: &[f32]) {
+        for (i, v) in v.chunks_mut(plane).enumerate() {
+            let ch = i % c;
+            let s = (log_s[ch] as f64).exp();
+            v.iter_mut()
+                .for_each(|v| *v = ((*v + b[ch] as f64) * s).max(0.0));
+        }
+    }
+
+    /// Glow's coupling network by its definition, in f64, all maps NCHW.
+    fn reference(x: &[f32], d: Dims, p: Params) -> Vec<f64> {
+        let plane = d.h * d.w;
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let mut h1 = conv3x3(&x, d, d.c_in, d.hidden, p.w1);
+        actnorm_relu_nchw(&mut h1, d.hidden, plane, p.b1, p.log_s1);
+        let mut h2 = vec![0.0; h1.len()];
+        for n in 0..d.n {
+            for o in 0..d.hidden {
+                for i in 0..d.hidden {
+                    let w = p.w2[o * d.hidden + i] as f64;
+                    let (src, dst) = ((n * d.hidden + i) * plane, (n * d.hidden + o) * plane);
+                    for k in 0..plane {
+                        h2[dst + k] += w * h1[src + k];
+                    }
+                }
+            }
+        }
+        actnorm_relu_nchw(&mut h2, d.hidden, plane, p.b2, p.log_s2);
+        let mut out = conv3x3(&h2, d, d.hidden, d.c_out, p.w3);
+        for (i, v) in out.chunks_mut(plane).enumerate() {
+            let ch = i % d.c_out;
+            let s = (3.0 * p.log_s3[ch] as f64).exp();
+            v.iter_mut().for_each(|v| *v = (*v + p.b3[ch] as f64) * s);
+        }
+        out
+    }
+
+    fn max_relative(a: &[f32], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        diff / scale
+    }
+
+    /// Runs `f` on a thread pool of `threads` threads: one thread takes the path of many blocks,
+    /// many threads the path of one block with each product split.
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn blocked_forward_matches_the_definition_in_f64() {
+        // (n, c_in, hidden, c_out, h, w): images of more rows than a product's share (17×16),
+        // many small images grouped into blocks (3×5), a 1×2 image.
+        for (n, c_in, hidden, c_out, h, w) in [
+            (3, 2, 8, 4, 17, 16),
+            (20, 3, 5, 6, 3, 5),
+            (4, 2, 6, 2, 1, 2),
+        ] {
+            let d = Dims {
+                n,
+                c_in,
+                hidden,
+                c_out,
+                h,
+                w,
+            };
+            let v = |len, seed, scale| values(len, seed, scale);
+            let (w1, w2, w3) = (
+                v(hidden * c_in * 9, 1, 0.5),
+                v(hidden * hidden, 2, 0.5),
+                v(c_out * hidden * 9, 3, 0.5),
+            );
+            let (ls1, b1, ls2, b2) = (
+                v(hidden, 4, 0.3),
+                v(hidden, 5, 0.5),
+                v(hidden, 6, 0.3),
+                v(hidden, 7, 0.5),
+            );
+            let (b3, ls3) = (v(c_out, 8, 0.5), v(c_out, 9, 0.2));
+            let p = Params {
+                w1: &w1,
+                log_s1: &ls1,
+                b1: &b1,
+                w2: &w2,
+                log_s2: &ls2,
+                b2: &b2,
+                w3: &w3,
+                b3: &b3,
+                log_s3: &ls3,
+            };
+            let x = v(n * c_in * h * w, 10, 2.0);
+            let x_b = v(n * c_out / 2 * h * w, 11, 2.0);
+            let expected = reference(&x, d, p);
+            let plane = c_out / 2 * h * w;
+            let mut saved_outputs = Vec::new();
+            for threads in [1, 64] {
+                for keep in [false, true] {
+                    let (out, saved) = on_threads(threads, || forward(&x, d, p, keep));
+                    let e = max_relative(&out, &expected);
+                    assert!(
+                        e < 1e-5,
+                        "{d:?}, {threads} threads, keep {keep}: off by {e}"
+                    );
+                    if let Some(saved) = saved {
+                        assert_eq!(saved.out, out);
+                        saved_outputs.push(saved);
+                    }
+                }
+                for reverse in [false, true] {
+                    let (y, saved) =
+                        on_threads(threads, || affine_forward(&x, &x_b, reverse, d, p, true));
+                    assert_eq!(saved.unwrap().out.len(), expected.len());
+                    for i in 0..n {
+                        let (t, r) = expected[i * 2 * plane..][..2 * plane].split_at(plane);
+                        let x_b = &x_b[i * plane..][..plane];
+                        let (y, ls) = y[i * 2 * plane..][..2 * plane].split_at(plane);
+                        for k in 0..plane {
+                            let s = 1.0 / (1.0 + (-(r[k] + 2.0)).exp());
+                            let (want_y, want_ls) = match reverse {
+                                false => ((x_b[k] as f64 + t[k]) * s, s.ln()),
+                                true => (x_b[k] as f64 / s - t[k], -s.ln()),
+                            };
+                            assert!((y[k] as f64 - want_y).abs() < 1e-4 * want_y.abs().max(1.0));
+                            assert!((ls[k] as f64 - want_ls).abs() < 1e-5 * want_ls.abs().max(1.0));
+                        }
+                    }
+                }
+            }
+            // What training keeps does not depend on how the batch was split.
+            let [one, many] = [&saved_outputs[0], &saved_outputs[1]];
+            assert_eq!(one.a1, many.a1, "{d:?}: the im2col matrices differ");
+            for (a, b) in [(&one.h1, &many.h1), (&one.h2, &many.h2)] {
+                let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+                assert!(max_relative(a, &b) < 1e-6, "{d:?}: kept activations differ");
+            }
+        }
+    }
 }
