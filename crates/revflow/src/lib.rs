@@ -35,6 +35,7 @@ pub mod latents;
 pub mod layers;
 pub mod limits;
 mod linalg;
+pub mod memo;
 pub mod models;
 pub mod nets;
 pub mod noise;
