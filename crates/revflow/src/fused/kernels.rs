@@ -751,7 +751,9 @@ pub fn affine_forward(
 /// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
 pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
     let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);
-    let w = Prepared::new(d, p);
+    // Only what the backward products need of `Prepared` (not the forward's transposes).
+    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
+    let w3 = taps_by_output(p.w3, c_out, hidden);
     let plane = d.h * d.w;
 
     // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out.
@@ -762,19 +764,19 @@ pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: boo
         let ch = i % c_out;
         for (g, o) in g.iter_mut().zip(o) {
             log_s3[ch] += 3.0 * *g * o;
-            *g *= w.s3[ch];
+            *g *= s3[ch];
             b3[ch] += *g;
         }
     }
     let dz = im2col(&g, d, c_out, -1, Columns::by_tap(c_out));
     let w3_by_tap = matmul(mat(&saved.h2, rows, hidden).t(), mat(&dz, rows, 9 * c_out));
-    let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w.w3, hidden, 9 * c_out).t());
+    let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w3, hidden, 9 * c_out).t());
 
-    let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &w.s2);
+    let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &s2);
     let w2 = matmul(mat(&dh2, rows, hidden).t(), mat(&saved.h1, rows, hidden));
     let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(p.w2, hidden, hidden));
 
-    let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &w.s1);
+    let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &s1);
     // [hidden, c_in·9], the weight's own layout, since im2col's columns are channel-major.
     let w1 = matmul(mat(&dh1, rows, hidden).t(), mat(&saved.a1, rows, 9 * c_in));
     let x = if with_x {
