@@ -270,10 +270,10 @@ fn im2col_image(x: &[f32], h: usize, w: usize, sign: isize, layout: Columns, col
     let c = x.len() / plane;
     for (pixel, row) in cols.chunks_exact_mut(9 * c).enumerate() {
         let (y, xx) = (pixel / w, pixel % w);
-        for tap in 0..9 {
-            match shifted(y, xx, tap, sign, h, w) {
-                Some(src) => (0..c).for_each(|ch| row[layout.at(tap, ch)] = x[ch * plane + src]),
-                None => (0..c).for_each(|ch| row[layout.at(tap, ch)] = 0.0),
+        let src: [Option<usize>; 9] = std::array::from_fn(|tap| shifted(y, xx, tap, sign, h, w));
+        for (ch, x) in x.chunks_exact(plane).enumerate() {
+            for (tap, src) in src.iter().enumerate() {
+                row[layout.at(tap, ch)] = src.map_or(0.0, |s| x[s]);
             }
         }
     }
