@@ -134,7 +134,7 @@ fn matmul(a: View, b: View) -> Vec<f32> {
     // SAFETY: `out` has room for rows·cols values, and `gemm_into` writes every one of them
     // (zeroing first would be a wasted pass, 5 % of a step).
     unsafe {
-        gemm_into(out.as_mut_ptr(), a, b, parallel);
+        gemm_into(out.as_mut_ptr(), a, b, parallel, false);
         out.set_len(a.rows * b.cols);
     }
     out
@@ -144,16 +144,28 @@ fn matmul(a: View, b: View) -> Vec<f32> {
 fn product(out: &mut [f32], a: View, b: View, parallel: bool) {
     assert_eq!(out.len(), a.rows * b.cols, "matrix product: output size");
     // SAFETY: `out` holds rows·cols values and is borrowed mutably, so nothing aliases it.
-    unsafe { gemm_into(out.as_mut_ptr(), a, b, parallel) }
+    unsafe { gemm_into(out.as_mut_ptr(), a, b, parallel, false) }
 }
 
+/// `out += a·b` (row-major).
+fn accumulate(out: &mut [f32], a: View, b: View, parallel: bool) {
+    assert_eq!(out.len(), a.rows * b.cols, "matrix product: output size");
+    // SAFETY: as in `product`; `out` holds initialised values to add to.
+    unsafe { gemm_into(out.as_mut_ptr(), a, b, parallel, true) }
+}
+
+/// `out = a·b`, or `out += a·b` when `add`.
+///
 /// # Safety
 /// `out` points at `a.rows·b.cols` writable values that nothing else reads or writes meanwhile;
-/// all of them are written.
-unsafe fn gemm_into(out: *mut f32, a: View, b: View, parallel: bool) {
+/// all of them are written, and with `add` they are initialised.
+unsafe fn gemm_into(out: *mut f32, a: View, b: View, parallel: bool, add: bool) {
     assert_eq!(a.cols, b.rows, "matrix product: inner sizes differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m * n == 0 {
+        return;
+    }
+    if k == 0 && add {
         return;
     }
     if k == 0 {
@@ -173,7 +185,7 @@ unsafe fn gemm_into(out: *mut f32, a: View, b: View, parallel: bool) {
         gemm::Parallelism::None
     };
     // SAFETY: both views stay inside their slices (checked above), the caller vouches for
-    // `out`, and with read_dst false the product writes every value without reading it.
+    // `out`; without `add` the product writes every value without reading it.
     unsafe {
         gemm::gemm(
             m,
@@ -182,14 +194,14 @@ unsafe fn gemm_into(out: *mut f32, a: View, b: View, parallel: bool) {
             out,
             1,
             n as isize,
-            false,
+            add,
             a.data.as_ptr(),
             a.col_stride,
             a.row_stride,
             b.data.as_ptr(),
             b.col_stride,
             b.row_stride,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -399,38 +411,27 @@ fn actnorm_relu(h: &mut [f32], s: &[f32], b: &[f32]) {
 }
 
 /// Back through `h = relu((m + b)·s)` with `s = exp(log_s)`: turns `dh` (∂L/∂h) into ∂L/∂m in
-/// place and returns (∂L/∂log_s, ∂L/∂b). Where the ReLU is active `h` equals `(m + b)·s`, so
-/// ∂h/∂log_s = h there.
-fn actnorm_relu_backward(dh: &mut [f32], h: &[f32], s: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// place, and adds ∂L/∂log_s to `d_log_s` and ∂L/∂(m + b) (∂L/∂b before the factor s) to
+/// `d_sum`. Where the ReLU is active `h` equals `(m + b)·s`, so ∂h/∂log_s = h there.
+fn actnorm_relu_backward(
+    dh: &mut [f32],
+    h: &[f32],
+    s: &[f32],
+    d_log_s: &mut [f32],
+    d_sum: &mut [f32],
+) {
     let c = s.len();
-    let (d_log_s, d_sum) = dh
-        .par_chunks_mut(BLOCK * c)
-        .zip(h.par_chunks(BLOCK * c))
-        .map(|(dh, h)| {
-            let (mut d_log_s, mut d_sum) = (vec![0.0f32; c], vec![0.0f32; c]);
-            for (dh, h) in dh.chunks_exact_mut(c).zip(h.chunks_exact(c)) {
-                // Zipped iterators (no indexing) so that the loop vectorises.
-                let columns = dh.iter_mut().zip(h).zip(s);
-                let sums = d_log_s.iter_mut().zip(d_sum.iter_mut());
-                for (((dh, &h), &s), (d_log_s, d_sum)) in columns.zip(sums) {
-                    let g = if h > 0.0 { *dh } else { 0.0 };
-                    *d_log_s += g * h;
-                    *d_sum += g;
-                    *dh = g * s;
-                }
-            }
-            (d_log_s, d_sum)
-        })
-        .reduce(
-            || (vec![0.0; c], vec![0.0; c]),
-            |(a, b), (c, d)| (add(a, &c), add(b, &d)),
-        );
-    (d_log_s, times(&d_sum, s))
-}
-
-fn add(mut a: Vec<f32>, b: &[f32]) -> Vec<f32> {
-    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-    a
+    for (dh, h) in dh.chunks_exact_mut(c).zip(h.chunks_exact(c)) {
+        // Zipped iterators (no indexing) so that the loop vectorises.
+        let columns = dh.iter_mut().zip(h).zip(s);
+        let sums = d_log_s.iter_mut().zip(d_sum.iter_mut());
+        for (((dh, &h), &s), (d_log_s, d_sum)) in columns.zip(sums) {
+            let g = if h > 0.0 { *dh } else { 0.0 };
+            *d_log_s += g * h;
+            *d_sum += g;
+            *dh = g * s;
+        }
+    }
 }
 
 /// The network's weights as the products read them: transposed into row-major `in × out`
@@ -524,6 +525,17 @@ fn carve(buf: &mut [f32], size: usize, blocks: usize) -> Vec<&mut [f32]> {
     }
 }
 
+/// How a call's batch is cut: images per block, blocks, and whether each product is split
+/// across the threads instead (when there are too few blocks to share out, one block).
+fn plan(d: Dims) -> (usize, usize, bool) {
+    let per_block = BLOCK_ROWS.div_ceil(d.h * d.w).clamp(1, d.n.max(1));
+    let blocks = d.n.div_ceil(per_block);
+    match blocks < rayon::current_num_threads() {
+        true => (d.n, 1, true),
+        false => (per_block, blocks, false),
+    }
+}
+
 /// Runs the network, and `head` after it, over the batch in blocks of whole images.
 fn run(x: &[f32], head: Head, d: Dims, p: Params, keep: bool) -> (Vec<f32>, Option<Saved>) {
     let (plane, rows, hidden) = (d.h * d.w, d.rows(), d.hidden);
@@ -541,13 +553,7 @@ fn run(x: &[f32], head: Head, d: Dims, p: Params, keep: bool) -> (Vec<f32>, Opti
         true => Arc::new(Prepared::new(d, p)),
         false => Prepared::cached(d, p),
     };
-    let per_block = BLOCK_ROWS.div_ceil(plane).clamp(1, d.n.max(1));
-    let blocks = d.n.div_ceil(per_block);
-    // Too few blocks to share out: one block, each product split across the threads instead.
-    let (per_block, blocks, parallel) = match blocks < rayon::current_num_threads() {
-        true => (d.n, 1, true),
-        false => (per_block, blocks, false),
-    };
+    let (per_block, blocks, parallel) = plan(d);
     let sized = |n: usize| if keep { vec![0.0f32; n] } else { Vec::new() };
     let (mut a1, mut h1, mut h2) = (
         sized(rows * 9 * d.c_in),
@@ -748,55 +754,177 @@ pub fn affine_forward(
     run(x_a, Head::Affine { x_b, reverse }, d, p, keep)
 }
 
-/// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
-pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
-    let (rows, hidden, c_in, c_out) = (d.rows(), d.hidden, d.c_in, d.c_out);
-    // Only what the backward products need of `Prepared` (not the forward's transposes).
-    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
-    let w3 = taps_by_output(p.w3, c_out, hidden);
-    let plane = d.h * d.w;
+/// The weight gradients summed over the blocks one task ran.
+struct Sums {
+    /// `[hidden, c_in·9]`, the weight's own layout (im2col's columns are channel-major).
+    w1: Vec<f32>,
+    log_s1: Vec<f32>,
+    /// ∂L/∂(m₁ + b₁): ∂L/∂b₁ before the factor s₁.
+    sum1: Vec<f32>,
+    w2: Vec<f32>,
+    log_s2: Vec<f32>,
+    sum2: Vec<f32>,
+    /// `hidden × 9·c_out`, as [`taps_by_output`] lays the weight out.
+    w3: Vec<f32>,
+    b3: Vec<f32>,
+    log_s3: Vec<f32>,
+}
 
-    // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out.
-    let mut log_s3 = vec![0.0f32; c_out];
-    let mut b3 = vec![0.0f32; c_out];
-    let mut g = grad_out.to_vec(); // becomes ∂L/∂(conv(h2) + b3)
-    for (i, (g, o)) in g.chunks_mut(plane).zip(saved.out.chunks(plane)).enumerate() {
-        let ch = i % c_out;
-        for (g, o) in g.iter_mut().zip(o) {
-            log_s3[ch] += 3.0 * *g * o;
-            *g *= s3[ch];
-            b3[ch] += *g;
+impl Sums {
+    fn zeros(d: Dims) -> Self {
+        let (c_in, hidden, c_out) = (d.c_in, d.hidden, d.c_out);
+        let z = |n: usize| vec![0.0f32; n];
+        Sums {
+            w1: z(hidden * 9 * c_in),
+            log_s1: z(hidden),
+            sum1: z(hidden),
+            w2: z(hidden * hidden),
+            log_s2: z(hidden),
+            sum2: z(hidden),
+            w3: z(hidden * 9 * c_out),
+            b3: z(c_out),
+            log_s3: z(c_out),
         }
     }
-    let dz = im2col(&g, d, c_out, -1, Columns::by_tap(c_out));
-    let w3_by_tap = matmul(mat(&saved.h2, rows, hidden).t(), mat(&dz, rows, 9 * c_out));
-    let mut dh2 = matmul(mat(&dz, rows, 9 * c_out), mat(&w3, hidden, 9 * c_out).t());
 
-    let (log_s2, b2) = actnorm_relu_backward(&mut dh2, &saved.h2, &s2);
-    let w2 = matmul(mat(&dh2, rows, hidden).t(), mat(&saved.h1, rows, hidden));
-    let mut dh1 = matmul(mat(&dh2, rows, hidden), mat(p.w2, hidden, hidden));
+    fn add(mut self, other: Sums) -> Self {
+        let pairs = [
+            (&mut self.w1, other.w1),
+            (&mut self.log_s1, other.log_s1),
+            (&mut self.sum1, other.sum1),
+            (&mut self.w2, other.w2),
+            (&mut self.log_s2, other.log_s2),
+            (&mut self.sum2, other.sum2),
+            (&mut self.w3, other.w3),
+            (&mut self.b3, other.b3),
+            (&mut self.log_s3, other.log_s3),
+        ];
+        for (a, b) in pairs {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        }
+        self
+    }
+}
 
-    let (log_s1, b1) = actnorm_relu_backward(&mut dh1, &saved.h1, &s1);
-    // [hidden, c_in·9], the weight's own layout, since im2col's columns are channel-major.
-    let w1 = matmul(mat(&dh1, rows, hidden).t(), mat(&saved.a1, rows, 9 * c_in));
-    let x = if with_x {
-        let da1 = matmul(mat(&dh1, rows, hidden), mat(p.w1, hidden, 9 * c_in));
-        col2im(&da1, d, c_in, -1, Columns::BY_CHANNEL, &[], &[])
-    } else {
-        Vec::new()
+/// Gradients for `grad_out` = ∂L/∂output (NCHW); `with_x`: also ∂L/∂x (one more product).
+///
+/// In blocks of whole images, as the forward pass: each block goes back from the output to the
+/// input in cache, and adds its share of the weight gradients to its task's sums.
+pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: bool) -> Grads {
+    let (plane, hidden, c_in, c_out) = (d.h * d.w, d.hidden, d.c_in, d.c_out);
+    let (s1, s2, s3) = (exp(p.log_s1, 1.0), exp(p.log_s2, 1.0), exp(p.log_s3, 3.0));
+    // The zero conv's taps as `9·c_out × hidden`, row-major for the product that reads them.
+    let w3t = transpose(&taps_by_output(p.w3, c_out, hidden), hidden, 9 * c_out);
+    let (per_block, blocks, parallel) = plan(d);
+    let mut x = match with_x && d.rows() > 0 {
+        true => vec![0.0f32; d.n * c_in * plane],
+        false => Vec::new(),
+    };
+    let parts = carve(&mut x, per_block * c_in * plane, blocks);
+
+    let block = |sums: &mut Sums, i: usize, dx: &mut [f32]| {
+        let first = i * per_block;
+        let images = per_block.min(d.n - first);
+        let (rows, r0) = (images * plane, first * plane);
+        let h1 = &saved.h1[r0 * hidden..][..rows * hidden];
+        let h2 = &saved.h2[r0 * hidden..][..rows * hidden];
+        let a1 = &saved.a1[r0 * 9 * c_in..][..rows * 9 * c_in];
+        let maps = first * c_out * plane..(first + images) * c_out * plane;
+        let (out, g_out) = (&saved.out[maps.clone()], &grad_out[maps]);
+        let scratch = images * c_out * plane
+            + rows * 9 * c_out
+            + 2 * rows * hidden
+            + if with_x { rows * 9 * c_in } else { 0 };
+        with_scratch(scratch, |scratch| {
+            let (g, rest) = scratch.split_at_mut(images * c_out * plane);
+            let (dz, rest) = rest.split_at_mut(rows * 9 * c_out);
+            let (dh2, rest) = rest.split_at_mut(rows * hidden);
+            let (dh1, da1) = rest.split_at_mut(rows * hidden);
+
+            // out = (conv(h2) + b3)·s3, s3 = exp(3·log_s3): ∂out/∂log_s3 = 3·out, and g becomes
+            // ∂L/∂(conv(h2) + b3).
+            let maps = g
+                .chunks_mut(plane)
+                .zip(g_out.chunks(plane))
+                .zip(out.chunks(plane));
+            for (k, ((g, g_out), out)) in maps.enumerate() {
+                let ch = k % c_out;
+                for ((g, g_out), out) in g.iter_mut().zip(g_out).zip(out) {
+                    sums.log_s3[ch] += 3.0 * g_out * out;
+                    *g = g_out * s3[ch];
+                    sums.b3[ch] += *g;
+                }
+            }
+            let taps = Columns::by_tap(c_out);
+            for (g, dz) in g
+                .chunks_exact(c_out * plane)
+                .zip(dz.chunks_exact_mut(plane * 9 * c_out))
+            {
+                im2col_image(g, d.h, d.w, -1, taps, dz);
+            }
+            let (dz, h1, h2) = (
+                mat(dz, rows, 9 * c_out),
+                mat(h1, rows, hidden),
+                mat(h2, rows, hidden),
+            );
+            accumulate(&mut sums.w3, h2.t(), dz, parallel);
+            product(dh2, dz, mat(&w3t, 9 * c_out, hidden), parallel);
+            actnorm_relu_backward(dh2, h2.data, &s2, &mut sums.log_s2, &mut sums.sum2);
+            accumulate(&mut sums.w2, mat(dh2, rows, hidden).t(), h1, parallel);
+            product(
+                dh1,
+                mat(dh2, rows, hidden),
+                mat(p.w2, hidden, hidden),
+                parallel,
+            );
+            actnorm_relu_backward(dh1, h1.data, &s1, &mut sums.log_s1, &mut sums.sum1);
+            let dh1 = mat(dh1, rows, hidden);
+            accumulate(&mut sums.w1, dh1.t(), mat(a1, rows, 9 * c_in), parallel);
+            if with_x {
+                product(da1, dh1, mat(p.w1, hidden, 9 * c_in), parallel);
+                let images = da1
+                    .chunks_exact(plane * 9 * c_in)
+                    .zip(dx.chunks_exact_mut(c_in * plane));
+                for (da1, dx) in images {
+                    col2im_image(da1, d.h, d.w, -1, Columns::BY_CHANNEL, &[], &[], dx);
+                }
+            }
+        });
+    };
+    let sums = match parallel || d.rows() == 0 {
+        true => parts
+            .into_iter()
+            .enumerate()
+            .fold(Sums::zeros(d), |mut sums, (i, dx)| {
+                if d.rows() > 0 {
+                    block(&mut sums, i, dx);
+                }
+                sums
+            }),
+        false => parts
+            .into_par_iter()
+            .enumerate()
+            .fold(
+                || Sums::zeros(d),
+                |mut sums, (i, dx)| {
+                    block(&mut sums, i, dx);
+                    sums
+                },
+            )
+            .reduce(|| Sums::zeros(d), Sums::add),
     };
 
     Grads {
         x,
-        w1,
-        log_s1,
-        b1,
-        w2,
-        log_s2,
-        b2,
-        w3: untap_by_output(&w3_by_tap, c_out, hidden),
-        b3,
-        log_s3,
+        w1: sums.w1,
+        b1: times(&sums.sum1, &s1),
+        log_s1: sums.log_s1,
+        w2: sums.w2,
+        b2: times(&sums.sum2, &s2),
+        log_s2: sums.log_s2,
+        w3: untap_by_output(&sums.w3, c_out, hidden),
+        b3: sums.b3,
+        log_s3: sums.log_s3,
     }
 }
 

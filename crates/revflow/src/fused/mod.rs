@@ -324,12 +324,26 @@ mod tests {
 
     #[test]
     fn matches_the_composed_network_and_its_gradients() {
+        // One thread takes the path of several blocks of images (each adding its share of the
+        // weight gradients), the default pool here that of one block with split products.
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        one_thread.install(compare_with_the_composed_network);
+        compare_with_the_composed_network();
+    }
+
+    fn compare_with_the_composed_network() {
         let dev = ad();
         // (batch, c_in, hidden, c_out, height, width): odd and non-square sizes, a 1×2 image
-        // where every tap but the centre row falls outside.
-        for (n, c_in, hidden, c_out, h, w) in
-            [(2, 3, 8, 6, 5, 4), (1, 2, 16, 4, 3, 3), (3, 6, 5, 2, 1, 2)]
-        {
+        // where every tap but the centre row falls outside, 4 images of 9×8 (two blocks).
+        for (n, c_in, hidden, c_out, h, w) in [
+            (2, 3, 8, 6, 5, 4),
+            (1, 2, 16, 4, 3, 3),
+            (3, 6, 5, 2, 1, 2),
+            (4, 3, 8, 6, 9, 8),
+        ] {
             let net = perturb(ConvNetConfig::new(c_in, c_out, hidden).init(&dev), 0.3, 7);
             let weights = || net.fused_weights(&dev).expect("a Glow network");
             let x = randn([n, c_in, h, w], &dev).require_grad();
