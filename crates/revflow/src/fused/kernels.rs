@@ -694,10 +694,13 @@ fn affine(net: &[f32], x_b: &[f32], reverse: bool, result: &mut [f32]) {
         let z = r[i] + 2.0;
         // σ(z) and log σ(z) from one exponential, without overflow for either sign.
         let e = (-z.abs()).exp();
-        let l = e.ln_1p();
+        // ln(1 + e) as ln(u)·e/(u − 1), u = 1 + e (Goldberg's form: as exact as ln_1p, since
+        // the rounding of u cancels, and a third of the time; ln_1p was 2 % of evaluation).
+        let u = 1.0 + e;
+        let l = if u == 1.0 { e } else { u.ln() * e / (u - 1.0) };
         let (s, ls) = match z >= 0.0 {
-            true => (1.0 / (1.0 + e), -l),
-            false => (e / (1.0 + e), z - l),
+            true => (1.0 / u, -l),
+            false => (e / u, z - l),
         };
         match reverse {
             false => (y[i], log_s[i]) = ((x_b[i] + t[i]) * s, ls),
@@ -901,9 +904,11 @@ pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: boo
                 }
                 sums
             }),
+        // One run of blocks per thread, so that few sums (430 KB each at width 256) are made.
         false => parts
             .into_par_iter()
             .enumerate()
+            .with_min_len(blocks.div_ceil(rayon::current_num_threads()))
             .fold(
                 || Sums::zeros(d),
                 |mut sums, (i, dx)| {
