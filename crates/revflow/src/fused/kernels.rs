@@ -4,9 +4,9 @@
 //! channel, so every convolution is one large matrix product:
 //!
 //! - conv3×3 `c_in → hidden`: the 9 shifted copies of the few input channels side by side
-//!   ("im2col", `rows × 9·c_in`, channel-major so that burn's `[out, in, 3, 3]` weight is the
-//!   matrix as it lies in memory) times the weights;
-//! - conv1×1 `hidden → hidden`: the activations times the weights (read transposed in place);
+//!   ("im2col", `rows × 9·c_in`, channel-major, the column order of burn's `[out, in, 3, 3]`
+//!   weight) times the weights;
+//! - conv1×1 `hidden → hidden`: the activations times the weights;
 //! - zero conv3×3 `hidden → c_out`: the activations times the weights of all 9 taps
 //!   (`hidden × 9·c_out`), then each tap's columns added at its shift ("col2im").
 //!
@@ -14,8 +14,9 @@
 //! is written once and read once. The forward pass runs in blocks of whole images, in parallel:
 //! a block goes from the input to the output (and the affine coupling) on its own, its
 //! activations in this thread's scratch memory, which is kept between calls, so that inference
-//! allocates only its result. The backward pass is the same products transposed, and one pass
-//! per layer through ReLU and ActNorm that also sums their parameters' gradients.
+//! allocates only its result. The backward pass runs in the same blocks, back from the output
+//! to the input: the same products transposed, one pass per layer through ReLU and ActNorm, and
+//! each block's share of the weight gradients added to its thread's sums.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -435,9 +436,9 @@ fn actnorm_relu_backward(
 }
 
 /// The network's weights as the products read them: transposed into row-major `in × out`
-/// matrices (the products pack a row-major right-hand side several times faster than a
-/// strided one), the zero conv's taps side by side; ActNorm's scales and scaled biases, the
-/// zero conv's bias and scale.
+/// matrices (read in place through strides instead, they made gemm's packing 11 % of
+/// evaluation rather than 4 %), the zero conv's taps side by side; ActNorm's scales and scaled
+/// biases, the zero conv's bias and scale.
 struct Prepared {
     w1: Vec<f32>,
     s1: Vec<f32>,
