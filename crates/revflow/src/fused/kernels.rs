@@ -529,7 +529,7 @@ fn carve(buf: &mut [f32], size: usize, blocks: usize) -> Vec<&mut [f32]> {
 /// How a call's batch is cut: images per block, blocks, and whether each product is split
 /// across the threads instead (when there are too few blocks to share out, one block).
 fn plan(d: Dims) -> (usize, usize, bool) {
-    let per_block = BLOCK_ROWS.div_ceil(d.h * d.w).clamp(1, d.n.max(1));
+    let per_block = BLOCK_ROWS.div_ceil((d.h * d.w).max(1)).clamp(1, d.n.max(1));
     let blocks = d.n.div_ceil(per_block);
     match blocks < rayon::current_num_threads() {
         true => (d.n, 1, true),
@@ -723,7 +723,8 @@ pub fn second(x: &[f32], d: Dims, p: Params) -> Vec<f32> {
     let (rows, hidden, c_in) = (d.rows(), d.hidden, d.c_in);
     let s1 = exp(p.log_s1, 1.0);
     let a1 = im2col(x, d, c_in, 1, Columns::BY_CHANNEL);
-    // [hidden, c_in·9] read as the (c_in·9) × hidden matrix, as in `Prepared`.
+    // [hidden, c_in·9] read in place as the (c_in·9) × hidden matrix: one product over the
+    // whole batch packs it once, so the transpose `Prepared` makes would not pay here.
     let mut h1 = matmul(mat(&a1, rows, 9 * c_in), mat(p.w1, hidden, 9 * c_in).t());
     actnorm_relu(&mut h1, &s1, &times(p.b1, &s1));
     matmul(mat(&h1, rows, hidden), mat(p.w2, hidden, hidden).t())
@@ -820,7 +821,7 @@ pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: boo
     // The zero conv's taps as `9·c_out × hidden`, row-major for the product that reads them.
     let w3t = transpose(&taps_by_output(p.w3, c_out, hidden), hidden, 9 * c_out);
     let (per_block, blocks, parallel) = plan(d);
-    let mut x = match with_x && d.rows() > 0 {
+    let mut x = match with_x {
         true => vec![0.0f32; d.n * c_in * plane],
         false => Vec::new(),
     };
@@ -895,14 +896,14 @@ pub fn backward(grad_out: &[f32], d: Dims, p: Params, saved: &Saved, with_x: boo
             }
         });
     };
-    let sums = match parallel || d.rows() == 0 {
+    let sums = match parallel {
+        // An empty batch or image: every gradient is zero.
+        _ if d.rows() == 0 => Sums::zeros(d),
         true => parts
             .into_iter()
             .enumerate()
             .fold(Sums::zeros(d), |mut sums, (i, dx)| {
-                if d.rows() > 0 {
-                    block(&mut sums, i, dx);
-                }
+                block(&mut sums, i, dx);
                 sums
             }),
         // One run of blocks per thread, so that few sums (430 KB each at width 256) are made.
@@ -1116,6 +1117,33 @@ mod tests {
                 b3,
                 log_s3,
             }
+        }
+    }
+
+    #[test]
+    fn empty_images_give_empty_outputs_and_zero_gradients() {
+        let d = Dims {
+            n: 2,
+            c_in: 2,
+            hidden: 4,
+            c_out: 2,
+            h: 0,
+            w: 3,
+        };
+        let weights = Weights::new(d);
+        let (out, saved) = forward(&[], d, weights.params(), true);
+        assert!(out.is_empty());
+        let g = backward(&[], d, weights.params(), &saved.unwrap(), true);
+        assert!(g.x.is_empty());
+        for (grad, param) in [&g.w1, &g.w2, &g.w3, &g.b1, &g.log_s3].into_iter().zip([
+            &weights.0[0],
+            &weights.0[3],
+            &weights.0[6],
+            &weights.0[2],
+            &weights.0[8],
+        ]) {
+            assert_eq!(grad.len(), param.len());
+            assert!(grad.iter().all(|v| *v == 0.0));
         }
     }
 

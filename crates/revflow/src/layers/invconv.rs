@@ -135,7 +135,10 @@ impl<const D: usize> Flow<D> for InvConv1x1 {
         let c = self.weight.dims()[0];
         check_channels("InvConv1x1", &y, c)?;
         let weight = host(&self.weight);
-        let inv = inverse(&[&weight], || self.host_lu().0.inverse());
+        let inv = inverse(&[&weight], || {
+            let weight: Vec<f64> = weight.iter().map(|&v| f64::from(v)).collect();
+            Lu::new(&weight, c).inverse()
+        });
         Ok(mix(y, matrix(&inv, c, &self.weight.device())))
     }
 }
