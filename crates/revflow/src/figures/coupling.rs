@@ -58,6 +58,11 @@ fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> Stri
         }
         Layer::Scale(_) => "diagonal scaling".into(),
         Layer::BatchNorm(_) => "batch normalisation".into(),
+        Layer::Autoregressive(a) => format!(
+            "{:?} layer: each coordinate moved by a {} transform of the ones before it",
+            a.direction,
+            a.transform.name()
+        ),
     }
 }
 

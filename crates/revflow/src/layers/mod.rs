@@ -1,7 +1,8 @@
-//! The invertible layers of NICE, RealNVP and Glow, and [`Layer`], the enum a flow's steps are
+//! The invertible layers of NICE, RealNVP, Glow, MAF and IAF, and [`Layer`], the enum a flow's steps are
 //! made of so that one [`Sequential`](crate::flow::Sequential) composes them all.
 
 mod actnorm;
+mod autoregressive;
 mod batchnorm;
 mod coupling;
 mod invconv;
@@ -13,6 +14,7 @@ mod squeeze;
 
 pub(crate) use actnorm::ChannelStats;
 pub use actnorm::{ActNorm, ActNormConfig};
+pub use autoregressive::{Autoregressive, Direction};
 pub use batchnorm::{BatchNormFlow, BatchNormFlowConfig};
 pub use coupling::{Coupling, CouplingConfig, Mask};
 pub use invconv::{InvConv1x1, InvConv1x1Lu, InvConvConfig};
@@ -78,6 +80,7 @@ layer_enum! {
     Coupling(Coupling<N>),
     Scale(DiagScale),
     BatchNorm(BatchNormFlow),
+    Autoregressive(Autoregressive),
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
-//! Coupling networks ("conditioners"): they read the identity half of a coupling layer and
-//! output its shift and raw scale. They need not be invertible. Each ends in a zero-initialised
-//! layer so that every coupling starts as the identity (Glow §3.3).
+//! Conditioners: the coupling networks, which read the identity half of a coupling layer and
+//! output the transform's parameters, and [`Made`], which gives every feature's parameters
+//! from the features before it (autoregressive flows). They need not be invertible. Each ends
+//! in a zero-initialised layer so that every layer starts as the identity (Glow §3.3).
+
+mod made;
+
+pub use made::{Made, MadeConfig, Masked, Ordering};
 
 use burn::backend::Dispatch;
 use burn::module::{Module, Param};
