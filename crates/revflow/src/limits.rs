@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::error::{FlowError, Result};
-use crate::models::ModelConfig;
+use crate::models::{ModelConfig, VectorFlow};
 
 /// The environment variable that overrides the limit.
 pub const ENV: &str = "REVFLOW_MEMORY_LIMIT";
@@ -167,6 +167,21 @@ fn shape_of(model: &ModelConfig) -> Shape {
         ModelConfig::Nice(n) => {
             let d = f(n.shape.iter().product());
             mlp_flow(d, f(n.couplings), f(n.hidden), f(n.layers), 0.0, 1.0)
+        }
+        ModelConfig::Vector(v) if v.flow != VectorFlow::Coupling => {
+            // A MADE per step reads all D features (and the conditioning ones) and outputs
+            // every feature's parameters.
+            let (d, h, layers) = (f(v.dims), f(v.hidden), f(v.layers.max(1)));
+            let net =
+                (d + f(v.classes)) * h + (layers - 1.0) * h * h + h * f(v.transform().params()) * d;
+            let mut s = Shape::new(d);
+            s.add(f(v.steps), net, h * layers, d);
+            s.params += f(v.steps) * (d * d + 2.0 * d);
+            if v.flow == VectorFlow::Iaf {
+                // IAF's density solves for the latent in D network passes, all kept.
+                s.activations *= d;
+            }
+            s
         }
         ModelConfig::Vector(v) => {
             let d = f(v.dims);

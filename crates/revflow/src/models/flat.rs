@@ -1,6 +1,7 @@
 //! Flows on flat vectors: NICE on flattened images (NICE §5: additive couplings with MLPs on
 //! alternating halves, a diagonal scaling layer, a logistic prior) and RealNVP/Glow-style flows
-//! for 2-D and tabular data (ActNorm → invertible linear → affine coupling, Gaussian prior).
+//! for 2-D and tabular data (ActNorm → invertible linear → affine coupling, Gaussian prior),
+//! and MAF/IAF (ActNorm → permutation → autoregressive layer).
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -8,8 +9,10 @@ use burn::tensor::{Device, Tensor};
 use crate::distributions::{BaseDistribution, GaussianConfig, Logistic, Prior};
 use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
-use crate::layers::{ActNormConfig, CouplingConfig, Dequantize, DiagScale, Layer, Mask};
-use crate::nets::{Mlp, MlpConfig};
+use crate::layers::{
+    ActNormConfig, Autoregressive, CouplingConfig, Dequantize, DiagScale, Layer, Mask,
+};
+use crate::nets::{MadeConfig, Mlp, MlpConfig};
 use crate::noise::Standard;
 use crate::transforms::Transform;
 
@@ -172,6 +175,15 @@ pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
         layers.push(ActNormConfig::new(dims).init(device).into());
         let seed = config.seed.wrapping_add(k as u64);
         layers.push(config.permutation.layer(dims, seed, device));
+        if let Some(direction) = config.flow.direction() {
+            let made = MadeConfig::new(dims, kind.params(), config.hidden, config.layers)
+                .with_context(config.classes)
+                .with_residual(config.residual)
+                .with_ordering(config.order, seed)
+                .init(device);
+            layers.push(Autoregressive::new(made, kind, direction)?.into());
+            continue;
+        }
         // A learned linear map mixes freely, so the halves alternate; a permutation does
         // the alternating itself (NICE's swap), so the split stays.
         let learned = matches!(

@@ -254,6 +254,41 @@ fn families() -> Vec<(&'static str, ModelConfig)> {
             }),
         ),
         (
+            "maf affine reverse",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 4,
+                steps: 3,
+                hidden: 8,
+                ..VectorFlowConfig::autoregressive(VectorFlow::Maf)
+            }),
+        ),
+        (
+            "maf additive invconv-lu y-cond",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 3,
+                steps: 2,
+                hidden: 8,
+                affine: false,
+                permutation: Permutation::InvconvLu,
+                classes: 2,
+                ..VectorFlowConfig::autoregressive(VectorFlow::Maf)
+            }),
+        ),
+        (
+            "iaf spline residual random order y-cond",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 3,
+                steps: 2,
+                hidden: 8,
+                layers: 2,
+                spline: Some(SplineConfig::default()),
+                residual: true,
+                order: crate::nets::Ordering::Random,
+                classes: 2,
+                ..VectorFlowConfig::autoregressive(VectorFlow::Iaf)
+            }),
+        ),
+        (
             "vector additive reverse y-cond",
             ModelConfig::Vector(VectorFlowConfig {
                 dims: 4,
