@@ -9,11 +9,13 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use revflow::data::{self, Data};
 use revflow::models::{
-    GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlowConfig,
+    GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlow,
+    VectorFlowConfig,
 };
 use revflow::training::{
     check_resume, per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig, RESUMABLE,
 };
+use revflow::nets::Ordering;
 use revflow::transforms::{SplineConfig, Transform};
 use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -27,7 +29,18 @@ pub enum ModelKind {
     Glow,
     Realnvp,
     Nice,
+    /// Coupling flow on vectors (a neural spline flow by default).
     Vector,
+    /// Masked autoregressive flow on vectors: fast density, sampling in D passes.
+    Maf,
+    /// Inverse autoregressive flow on vectors: fast sampling, density in D passes.
+    Iaf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OrderArg {
+    Natural,
+    Random,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -168,9 +181,16 @@ pub struct TrainArgs {
     /// NICE / vector: hidden layers per coupling network.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Vector: flow steps.
+    /// Vector / MAF / IAF: flow steps.
     #[arg(long)]
     pub flow_steps: Option<usize>,
+    /// MAF / IAF: residual MADE networks (hidden layers after the first add their input).
+    #[arg(long)]
+    pub residual: bool,
+    /// MAF / IAF: the MADEs' feature order (random: seeded per step) [default: natural,
+    /// reversed between steps by --permutation reverse].
+    #[arg(long, value_enum)]
+    pub order: Option<OrderArg>,
 }
 
 impl TrainArgs {
@@ -234,6 +254,23 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
             shape: need_images("NICE")?,
             ..Default::default()
         }),
+        ModelKind::Maf | ModelKind::Iaf if shape.is_some() => {
+            return Err(FlowError::Config(format!(
+                "MAF and IAF model vectors; {} holds images (use glow, realnvp or nice)",
+                args.data()
+            )))
+        }
+        ModelKind::Maf | ModelKind::Iaf => {
+            let flow = match kind {
+                ModelKind::Maf => VectorFlow::Maf,
+                _ => VectorFlow::Iaf,
+            };
+            ModelConfig::Vector(VectorFlowConfig {
+                dims,
+                seed: args.seed(),
+                ..VectorFlowConfig::autoregressive(flow)
+            })
+        }
         ModelKind::Vector => {
             if shape.is_some() && args.model.is_some() {
                 return Err(FlowError::Config(format!(
@@ -313,6 +350,12 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
             spline: spline(c.spline),
             permutation: permutation(args.permutation, c.permutation),
             classes: classes(c.classes),
+            residual: c.residual || args.residual,
+            order: match args.order {
+                Some(OrderArg::Natural) => Ordering::Natural,
+                Some(OrderArg::Random) => Ordering::Random,
+                None => c.order,
+            },
             ..c
         }),
     }
@@ -361,6 +404,7 @@ fn option_of(field: &str) -> String {
     let leaf = field.rsplit('.').next().unwrap_or(field);
     match field {
         "model.steps" => "--flow-steps".into(),
+        "model.flow" => "--model".into(),
         "model.classes" => "--ycond".into(),
         "model.affine" | "model.spline" => "--coupling".into(),
         "model.learn_top" => "--no-learn-top".into(),
