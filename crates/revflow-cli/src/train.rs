@@ -12,10 +12,10 @@ use revflow::models::{
     GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlow,
     VectorFlowConfig,
 };
+use revflow::nets::Ordering;
 use revflow::training::{
     check_resume, per_pixel_baseline, Event, Run, RunConfig, RunDir, TrainConfig, RESUMABLE,
 };
-use revflow::nets::Ordering;
 use revflow::transforms::{SplineConfig, Transform};
 use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};

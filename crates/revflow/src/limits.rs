@@ -191,7 +191,7 @@ fn shape_of(model: &ModelConfig) -> Shape {
                 f(v.steps),
                 f(v.hidden),
                 f(v.layers),
-                f(v.classes),
+                f(v.conditions()),
                 params,
             );
             s.params += f(v.steps) * (d * d + 2.0 * d);

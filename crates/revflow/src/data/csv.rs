@@ -35,6 +35,8 @@ pub(super) fn load(path: &Path) -> Result<VectorSet> {
         labels,
         class_names,
         columns: reader.columns,
+        context: Vec::new(),
+        context_columns: Vec::new(),
     })
 }
 

@@ -99,6 +99,10 @@ pub struct VectorSet {
     pub class_names: Vec<String>,
     /// One name per dimension.
     pub columns: Vec<String>,
+    /// Context rows `N × context_columns.len()` for a conditional model (see
+    /// [`with_context`](Self::with_context)); empty without.
+    pub context: Vec<f32>,
+    pub context_columns: Vec<String>,
 }
 
 impl VectorSet {
@@ -127,7 +131,67 @@ impl VectorSet {
             labels: pick_labels(&self.labels, idx),
             class_names: self.class_names.clone(),
             columns: self.columns.clone(),
+            context: idx
+                .iter()
+                .flat_map(|&i| self.context_row(i))
+                .copied()
+                .collect(),
+            context_columns: self.context_columns.clone(),
         }
+    }
+
+    /// Row `i`'s context (empty without one).
+    pub fn context_row(&self, i: usize) -> &[f32] {
+        let k = self.context_columns.len();
+        &self.context[i * k..(i + 1) * k]
+    }
+
+    /// The columns named in `names` moved out of the values into the context, in that order;
+    /// the others stay the modelled vector `x`. `source` names the data in errors.
+    pub fn with_context(self, names: &[String], source: &str) -> Result<VectorSet> {
+        let mut picked = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(j) = self.columns.iter().position(|c| c == name) else {
+                return Err(FlowError::Config(format!(
+                    "--context: {source} has no column '{name}'; its columns are {}",
+                    self.columns.join(", ")
+                )));
+            };
+            if picked.contains(&j) {
+                return Err(FlowError::Config(format!(
+                    "--context: column '{name}' is named twice"
+                )));
+            }
+            picked.push(j);
+        }
+        let kept: Vec<usize> = (0..self.dim).filter(|j| !picked.contains(j)).collect();
+        if kept.is_empty() {
+            return Err(FlowError::Config(format!(
+                "--context: every column of {source} would be context; leave at least one to model"
+            )));
+        }
+        let n = self.len();
+        let mut context = self.context.clone();
+        let k_old = self.context_columns.len();
+        let mut merged = Vec::with_capacity(n * (k_old + picked.len()));
+        for i in 0..n {
+            merged.extend_from_slice(&context[i * k_old..(i + 1) * k_old]);
+            merged.extend(picked.iter().map(|&j| self.row(i)[j]));
+        }
+        context = merged;
+        let mut context_columns = self.context_columns.clone();
+        context_columns.extend(picked.iter().map(|&j| self.columns[j].clone()));
+        Ok(VectorSet {
+            values: (0..n)
+                .flat_map(|i| kept.iter().map(move |&j| (i, j)))
+                .map(|(i, j)| self.row(i)[j])
+                .collect(),
+            dim: kept.len(),
+            columns: kept.iter().map(|&j| self.columns[j].clone()).collect(),
+            context,
+            context_columns,
+            ..self
+        })
     }
 }
 
@@ -188,6 +252,25 @@ pub struct Splits {
     pub name: String,
     /// One line for people: what the data is and how it was split.
     pub description: String,
+}
+
+impl Splits {
+    /// Both parts with the columns `names` moved into the context
+    /// ([`VectorSet::with_context`]); images have no columns to move.
+    pub fn with_context(self, names: &[String]) -> Result<Splits> {
+        let part = |data: Data| match data {
+            Data::Vectors(set) => set.with_context(names, &self.name).map(Data::Vectors),
+            Data::Images(_) => Err(FlowError::Config(format!(
+                "--context takes columns of vector data (a CSV file); {} holds images",
+                self.name
+            ))),
+        };
+        Ok(Splits {
+            train: part(self.train.clone())?,
+            test: part(self.test.clone())?,
+            ..self
+        })
+    }
 }
 
 /// The built-in generated 2-D sets, in catalogue order.
@@ -450,6 +533,8 @@ mod tests {
             labels: vec![],
             class_names: vec![],
             columns: vec!["x".into(), "y".into()],
+            context: Vec::new(),
+            context_columns: Vec::new(),
         };
         assert_eq!(s.len(), 3);
         assert_eq!(s.row(1), &[2., 3.]);

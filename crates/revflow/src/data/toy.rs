@@ -76,6 +76,8 @@ fn generate(name: &str, n: usize, seed: u64) -> VectorSet {
         labels,
         class_names,
         columns: vec!["x".into(), "y".into()],
+        context: Vec::new(),
+        context_columns: Vec::new(),
     }
 }
 

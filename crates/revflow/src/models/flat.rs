@@ -16,7 +16,7 @@ use crate::nets::{MadeConfig, Mlp, MlpConfig};
 use crate::noise::Standard;
 use crate::transforms::Transform;
 
-use super::{NiceConfig, Noise, Permutation, VectorFlowConfig};
+use super::{Context, NiceConfig, Noise, Permutation, VectorFlowConfig};
 
 #[derive(Module, Debug)]
 pub struct FlatFlow {
@@ -27,9 +27,23 @@ pub struct FlatFlow {
     /// Bits kept when the inputs are 8-bit pixels (NICE on images); `None` for real vectors.
     #[module(skip)]
     pub n_bits: Option<u32>,
+    /// A conditional flow's context: `cond` holds raw context rows, standardised here.
+    #[module(skip)]
+    pub context: Option<Context>,
 }
 
 impl FlatFlow {
+    /// The conditioning input the layers see: a context standardised, a one-hot as given.
+    fn condition(&self, cond: Cond) -> Result<Option<Tensor<2>>> {
+        match (&self.context, cond) {
+            (Some(context), Some(c)) => context.standardize(c).map(Some),
+            (Some(context), None) => Err(FlowError::Config(format!(
+                "this model is conditioned on a context ({}); give one per sample",
+                context.columns.join(", ")
+            ))),
+            (None, c) => Ok(c.cloned()),
+        }
+    }
     fn dequantize(&self) -> Option<Dequantize> {
         self.n_bits.map(|n_bits| Dequantize {
             n_bits,
@@ -66,18 +80,24 @@ impl FlatFlow {
         cond: Cond,
         noise: Noise,
     ) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
+        let cond = self.condition(cond)?;
+        let cond = cond.as_ref();
         let (x, pre) = self.preprocess(x, noise)?;
         let (z, logdet) = self.flow.forward(x, cond)?;
         Ok((pre + logdet + self.prior.log_prob(z, cond)?, None))
     }
 
     pub fn encode(&self, x: Tensor<2>, cond: Cond) -> Result<Vec<Tensor<2>>> {
+        let cond = self.condition(cond)?;
+        let cond = cond.as_ref();
         let (x, _) = self.preprocess(x, None)?;
         Ok(vec![self.flow.forward(x, cond)?.0])
     }
 
     /// `ε`, the latent standardised under the prior (one level).
     pub fn standardize(&self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Vec<Tensor<2>>> {
+        let cond = self.condition(cond)?;
+        let cond = cond.as_ref();
         let (x, _) = self.preprocess(x, noise)?;
         let (z, _) = self.flow.forward(x, cond)?;
         Ok(vec![self.prior.standardize(z, cond)?])
@@ -87,7 +107,8 @@ impl FlatFlow {
     pub fn destandardize(&self, eps: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
         match eps {
             [e] if e.dims()[1] == self.dims => {
-                let z = self.prior.destandardize(e.clone(), cond)?;
+                let standard = self.condition(cond)?;
+                let z = self.prior.destandardize(e.clone(), standard.as_ref())?;
                 self.decode(&[z], cond)
             }
             _ => self.decode(eps, cond),
@@ -101,7 +122,8 @@ impl FlatFlow {
     pub fn decode(&self, zs: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
         match zs {
             [z] if z.dims()[1] == self.dims => {
-                self.postprocess(self.flow.inverse(z.clone(), cond)?)
+                let cond = self.condition(cond)?;
+                self.postprocess(self.flow.inverse(z.clone(), cond.as_ref())?)
             }
             _ => Err(FlowError::shape(
                 "decode",
@@ -112,8 +134,9 @@ impl FlatFlow {
     }
 
     pub fn data_init(self, x: Tensor<2>, cond: Cond, noise: Noise) -> Result<Self> {
+        let cond = self.condition(cond)?;
         let (x, _) = self.preprocess(x, noise)?;
-        let (flow, _) = self.flow.data_init(x, cond)?;
+        let (flow, _) = self.flow.data_init(x, cond.as_ref())?;
         Ok(FlatFlow { flow, ..self })
     }
 }
@@ -162,6 +185,7 @@ pub fn nice(config: &NiceConfig, device: &Device) -> Result<FlatFlow> {
         prior: Prior::Logistic(Logistic::new(&[dims])),
         dims,
         n_bits: Some(config.n_bits),
+        context: None,
     })
 }
 
@@ -177,7 +201,7 @@ pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
         layers.push(config.permutation.layer(dims, seed, device));
         if let Some(direction) = config.flow.direction() {
             let made = MadeConfig::new(dims, kind.params(), config.hidden, config.layers)
-                .with_context(config.classes)
+                .with_context(config.conditions())
                 .with_residual(config.residual)
                 .with_ordering(config.order, seed)
                 .init(device);
@@ -196,7 +220,7 @@ pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
             kind,
             config.hidden,
             config.layers,
-            config.classes,
+            config.conditions(),
             device,
         )?);
     }
@@ -204,10 +228,11 @@ pub fn vector(config: &VectorFlowConfig, device: &Device) -> Result<FlatFlow> {
         flow: Sequential::new(layers),
         prior: Prior::Gaussian(
             GaussianConfig::standard(&[dims])
-                .with_classes(config.classes)
+                .with_classes(config.conditions())
                 .init(device),
         ),
         dims,
         n_bits: None,
+        context: config.context.clone(),
     })
 }

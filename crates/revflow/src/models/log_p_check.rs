@@ -114,6 +114,12 @@ fn batch(config: &ModelConfig, n: usize, dev: &Device) -> Batch {
             dev,
         )
     });
+    // Raw context values, away from the standardised range.
+    let y = y.or_else(|| {
+        config
+            .context()
+            .map(|c| randn([n, c.len()], dev) * 4.0 + 7.0)
+    });
     let u = images.then(|| noise::uniform(5, Purpose::Score, &noise::indices(0, n), 0, d, dev));
     (x, y, u)
 }
@@ -286,6 +292,35 @@ fn families() -> Vec<(&'static str, ModelConfig)> {
                 order: crate::nets::Ordering::Random,
                 classes: 2,
                 ..VectorFlowConfig::autoregressive(VectorFlow::Iaf)
+            }),
+        ),
+        (
+            "maf spline with a context",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 3,
+                steps: 2,
+                hidden: 8,
+                spline: Some(SplineConfig::default()),
+                context: Some(Context {
+                    columns: vec!["a".into(), "b".into()],
+                    mean: vec![7.0, 6.0],
+                    std: vec![4.0, 3.0],
+                }),
+                ..VectorFlowConfig::autoregressive(VectorFlow::Maf)
+            }),
+        ),
+        (
+            "vector flow with a context",
+            ModelConfig::Vector(VectorFlowConfig {
+                dims: 2,
+                steps: 2,
+                hidden: 8,
+                context: Some(Context {
+                    columns: vec!["a".into()],
+                    mean: vec![7.0],
+                    std: vec![4.0],
+                }),
+                ..Default::default()
             }),
         ),
         (

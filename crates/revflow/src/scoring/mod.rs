@@ -159,9 +159,11 @@ impl<'a> Scorer<'a> {
             let (a, b) = (start + mine.start, start + mine.end);
             let mut scores = vec![0.0; len];
             if a < b {
+                let k = rows.context.len() / rows.len().max(1);
                 let part = self.batch(
                     &rows.values[a * d..b * d],
                     &rows.classes[a..b],
+                    &rows.context[a * k..b * k],
                     &rows.ids[a..],
                 )?;
                 scores[mine].copy_from_slice(&part);
@@ -184,11 +186,23 @@ impl<'a> Scorer<'a> {
     }
 
     /// log p(x) of one batch of `values` (rows of `self.dims()`).
-    fn batch(&self, values: &[f32], labels: &[Option<usize>], ids: &[String]) -> Result<Vec<f64>> {
+    fn batch(
+        &self,
+        values: &[f32],
+        labels: &[Option<usize>],
+        context: &[f32],
+        ids: &[String],
+    ) -> Result<Vec<f64>> {
         let d = self.dims();
         let n = values.len() / d;
         let x = Tensor::<2>::from_data(TensorData::new(values.to_vec(), [n, d]), &self.device);
         let conds: Vec<Option<Tensor<2>>> = match (self.classes, self.class) {
+            // A context-conditional model: each row's own context, p(x | c).
+            (0, _) if !context.is_empty() => {
+                let k = context.len() / n;
+                let c = TensorData::new(context.to_vec(), [n, k]);
+                vec![Some(Tensor::from_data(c, &self.device))]
+            }
             (0, _) => vec![None],
             (c, ClassMode::Marginal) => (0..c)
                 .map(|y| Some(one_hot(std::iter::repeat_n(y, n), c, &self.device)))

@@ -180,6 +180,9 @@ pub struct Rows {
     pub labels: Vec<Option<String>>,
     /// Each row's label as a class of the run (`None` where unlabelled, or not a class of it).
     pub classes: Vec<Option<usize>>,
+    /// Each row's raw context values, one after another, for a run conditioned on a context
+    /// (empty otherwise).
+    pub context: Vec<f32>,
 }
 
 impl Rows {
@@ -201,6 +204,7 @@ impl Rows {
         self.ids.extend(more.ids);
         self.labels.extend(more.labels);
         self.classes.extend(more.classes);
+        self.context.extend(more.context);
     }
 }
 
@@ -296,6 +300,8 @@ impl<'a> Context<'a> {
             convert: self.convert,
             offers_convert: self.offers_convert,
             run_classes: &self.run.class_names,
+            context_columns: self.run.model.context().map_or(&[], |c| &c.columns),
+            context_at: Vec::new(),
             read: 0,
         };
         let fixed =
@@ -393,7 +399,21 @@ impl<'a> Context<'a> {
             }
             Spec::Csv(path) => {
                 let reader = CsvReader::open(path)?;
-                fixed(&source, &path.display(), Kind::Vectors(reader.dim()))?;
+                // A conditional run's context columns come out of the CSV's columns.
+                for name in source.context_columns {
+                    let at = reader.columns.iter().position(|c| c == name);
+                    source.context_at.push(at.ok_or_else(|| {
+                        FlowError::data(
+                            path.display(),
+                            format!(
+                                "has no column '{name}', which the model is conditioned on (its columns: {})",
+                                reader.columns.join(", ")
+                            ),
+                        )
+                    })?);
+                }
+                let dims = reader.dim() - source.context_at.len();
+                fixed(&source, &path.display(), Kind::Vectors(dims))?;
                 source.reader = Reader::Csv(reader);
             }
         }
@@ -436,6 +456,10 @@ pub struct Source<'a> {
     convert: Convert,
     offers_convert: bool,
     run_classes: &'a [String],
+    /// The context columns each input must come with (a run conditioned on a context).
+    context_columns: &'a [String],
+    /// Where those columns are in a CSV source's columns.
+    context_at: Vec<usize>,
     read: usize,
 }
 
@@ -460,6 +484,8 @@ struct Item {
     /// A label that is only a name (a CSV's label column).
     label_name: Option<String>,
     values: Values,
+    /// Raw context values, where the source has them.
+    context: Vec<f32>,
 }
 
 enum Values {
@@ -486,6 +512,11 @@ impl<'a> Source<'a> {
             convert: Convert::default(),
             offers_convert: false,
             run_classes: data.class_names(),
+            context_columns: match data {
+                Data::Vectors(s) => &s.context_columns,
+                Data::Images(_) => &[],
+            },
+            context_at: Vec::new(),
             read: 0,
         };
         let found = match data {
@@ -583,6 +614,16 @@ impl<'a> Source<'a> {
                     .as_ref()
                     .and_then(|n| self.run_classes.iter().position(|c| c == n)),
             };
+            if item.context.len() != self.context_columns.len() {
+                return Err(FlowError::data(
+                    &item.id,
+                    format!(
+                        "comes without the context ({}) the model is conditioned on; score a CSV with those columns",
+                        self.context_columns.join(", ")
+                    ),
+                ));
+            }
+            rows.context.extend(item.context);
             rows.ids.push(item.id);
             rows.labels.push(name);
             rows.classes.push(class);
@@ -606,20 +647,24 @@ impl<'a> Source<'a> {
             } => {
                 let stop = (*next + max).min(*end);
                 for i in *next..stop {
-                    let (values, label) = match data {
+                    let (values, label, context) = match data {
                         Data::Images(s) => (
                             Values::Pixels([s.channels, s.height, s.width], s.image(i).to_vec()),
                             s.labels.get(i).copied(),
+                            Vec::new(),
                         ),
-                        Data::Vectors(s) => {
-                            (Values::Vector(s.row(i).to_vec()), s.labels.get(i).copied())
-                        }
+                        Data::Vectors(s) => (
+                            Values::Vector(s.row(i).to_vec()),
+                            s.labels.get(i).copied(),
+                            s.context_row(i).to_vec(),
+                        ),
                     };
                     items.push(Item {
                         id: format!("{invert}{}:{i}", part.name()),
                         label,
                         label_name: None,
                         values,
+                        context,
                     });
                 }
                 *next = stop;
@@ -634,6 +679,7 @@ impl<'a> Source<'a> {
                             label: labels.get(i).copied(),
                             label_name: None,
                             values: Values::Pixels(shape, image.to_vec()),
+                            context: Vec::new(),
                         });
                     }
                 }
@@ -646,6 +692,7 @@ impl<'a> Source<'a> {
                             label: labels.get(i).copied(),
                             label_name: None,
                             values: Values::Pixels([3, 32, 32], image.to_vec()),
+                            context: Vec::new(),
                         });
                     }
                 }
@@ -658,6 +705,7 @@ impl<'a> Source<'a> {
                         label: image.label,
                         label_name: None,
                         values: Values::Pixels(image.shape, image.pixels),
+                        context: Vec::new(),
                     });
                 }
             }
@@ -669,19 +717,23 @@ impl<'a> Source<'a> {
                         label: None,
                         label_name: None,
                         values: Values::Pixels(shape, pixels),
+                        context: Vec::new(),
                     });
                 }
             }
             Reader::Csv(reader) => {
                 if let Some(rows) = reader.read(max)? {
                     let d = reader.dim();
+                    let at = &self.context_at;
                     for (i, (row, line)) in rows.values.chunks_exact(d).zip(&rows.lines).enumerate()
                     {
+                        let values = (0..d).filter(|j| !at.contains(j)).map(|j| row[j]);
                         items.push(Item {
                             id: format!("{}:{line}", self.name.trim_start_matches("csv:")),
                             label: None,
                             label_name: rows.labels.get(i).cloned(),
-                            values: Values::Vector(row.to_vec()),
+                            values: Values::Vector(values.collect()),
+                            context: at.iter().map(|&j| row[j]).collect(),
                         });
                     }
                 }

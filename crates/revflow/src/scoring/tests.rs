@@ -34,6 +34,7 @@ fn pixel_rows(n: usize, d: usize, seed: u64) -> Rows {
         ids: (0..n).map(|i| format!("row{i}")).collect(),
         labels: vec![None; n],
         classes: vec![None; n],
+        context: Vec::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn pick(rows: &Rows, idx: &[usize]) -> Rows {
         ids: idx.iter().map(|&i| rows.ids[i].clone()).collect(),
         labels: idx.iter().map(|&i| rows.labels[i].clone()).collect(),
         classes: idx.iter().map(|&i| rows.classes[i]).collect(),
+        context: Vec::new(),
     }
 }
 
@@ -198,6 +200,7 @@ fn vector_models_are_scored_without_noise() {
         ids: vec!["a".into(), "b".into()],
         labels: vec![None; 2],
         classes: vec![None; 2],
+        context: Vec::new(),
     };
     let x = Tensor::<2>::from_data(TensorData::new(rows.values.clone(), [2, 3]), &device);
     let by_model: Vec<f64> = to_vec(model.log_prob(x, None, None).unwrap().0)

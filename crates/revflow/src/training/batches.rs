@@ -5,8 +5,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::Data;
 use crate::rng::Rng;
 
-/// Rows `idx` of `data` as `(N, D)` values (pixels 0‥255 or real vectors) and, for labelled
-/// data used by a conditional model, one-hot labels `(N, classes)`.
+/// Rows `idx` of `data` as `(N, D)` values (pixels 0‥255 or real vectors) and the conditioning
+/// input: for labelled data used by a class-conditional model, one-hot labels `(N, classes)`;
+/// for vectors with a context, their raw context rows `(N, K)`.
 pub fn rows(
     data: &Data,
     idx: &[usize],
@@ -33,7 +34,19 @@ pub fn rows(
     let x = Tensor::from_data(TensorData::new(values, [idx.len(), dims]), device);
     let y = (classes > 0 && !labels.is_empty())
         .then(|| one_hot(idx.iter().map(|&i| labels[i]), classes, device));
-    (x, y)
+    let context = match data {
+        Data::Vectors(set) if !set.context_columns.is_empty() => {
+            let c: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| set.context_row(i))
+                .copied()
+                .collect();
+            let shape = [idx.len(), set.context_columns.len()];
+            Some(Tensor::from_data(TensorData::new(c, shape), device))
+        }
+        _ => None,
+    };
+    (x, y.or(context))
 }
 
 /// One-hot rows for `labels`.

@@ -59,13 +59,17 @@ pub struct RunConfig {
 impl RunConfig {
     /// The data the run was trained on, loaded and split as it was then.
     pub fn load_data(&self) -> Result<Splits> {
-        data::load_resized(
+        let splits = data::load_resized(
             &self.data,
             self.data_dir.as_deref(),
             self.train.seed,
             self.data_samples.max(1),
             self.data_resize,
-        )
+        )?;
+        match self.model.context() {
+            Some(context) => splits.with_context(&context.columns),
+            None => Ok(splits),
+        }
     }
 }
 

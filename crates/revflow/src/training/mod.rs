@@ -490,6 +490,28 @@ pub fn check_data(model: &ModelConfig, data: &Data, part: &str) -> Result<()> {
     if data.is_empty() {
         return Err(FlowError::data(format!("{part} data"), "is empty"));
     }
+    let wanted = model
+        .context()
+        .map(|c| c.columns.as_slice())
+        .unwrap_or_default();
+    let has: &[String] = match data {
+        Data::Vectors(s) => &s.context_columns,
+        Data::Images(_) => &[],
+    };
+    if wanted != has {
+        let list = |c: &[String]| match c {
+            [] => "no context".to_string(),
+            c => format!("context columns {}", c.join(", ")),
+        };
+        return Err(FlowError::data(
+            format!("{part} data"),
+            format!(
+                "the model is conditioned on {}, the data has {}",
+                list(wanted),
+                list(has)
+            ),
+        ));
+    }
     Ok(())
 }
 
