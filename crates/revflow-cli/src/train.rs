@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use revflow::data::{self, Data};
 use revflow::models::{
-    GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlow,
+    Context, GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlow,
     VectorFlowConfig,
 };
 use revflow::nets::Ordering;
@@ -160,6 +160,11 @@ pub struct TrainArgs {
     /// Glow / vector: condition on the class labels (y-cond).
     #[arg(long)]
     pub ycond: bool,
+    /// Vector / MAF / IAF on a CSV: model p(x | c), with the named columns as the context c
+    /// and the other columns as x (e.g. --context temperature,pressure). The context is
+    /// standardised with the training set's statistics, kept in the run.
+    #[arg(long, value_delimiter = ',')]
+    pub context: Vec<String>,
     /// Glow: weight of the auxiliary class loss with --ycond.
     #[arg(long)]
     pub class_weight: Option<f64>,
@@ -268,6 +273,7 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
             ModelConfig::Vector(VectorFlowConfig {
                 dims,
                 seed: args.seed(),
+                context: Context::of_data(data)?,
                 ..VectorFlowConfig::autoregressive(flow)
             })
         }
@@ -287,6 +293,7 @@ fn model_config(args: &TrainArgs, data: &Data) -> Result<ModelConfig> {
             ModelConfig::Vector(VectorFlowConfig {
                 dims,
                 seed: args.seed(),
+                context: Context::of_data(data)?,
                 ..base
             })
         }
@@ -365,6 +372,18 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
 /// option) where an option contradicts what the checkpoint was built and trained with.
 fn resumed(args: &TrainArgs, dir: &RunDir) -> Result<RunConfig> {
     let saved = dir.read_config()?;
+    let saved_context = saved
+        .model
+        .context()
+        .map(|c| c.columns.clone())
+        .unwrap_or_default();
+    if !args.context.is_empty() && args.context != saved_context {
+        return Err(for_options(FlowError::Resume {
+            field: "context".into(),
+            found: args.context.join(","),
+            saved: saved_context.join(","),
+        }));
+    }
     let kind = args.model.map(|k| format!("{k:?}").to_lowercase());
     if let Some(kind) = kind.filter(|k| k != saved.model.name()) {
         return Err(for_options(FlowError::Resume {
@@ -521,13 +540,16 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
         let config = resumed(&args, &dir)?;
         (config, dir)
     } else {
-        let splits = data::load_resized(
+        let mut splits = data::load_resized(
             args.data(),
             args.data_dir.as_deref(),
             args.seed(),
             args.samples(),
             args.resize,
         )?;
+        if !args.context.is_empty() {
+            splits = splits.with_context(&args.context)?;
+        }
         let model = model_config(&args, &splits.train)?;
         let base = TrainConfig {
             seed: args.seed(),

@@ -174,7 +174,16 @@ pub fn draw_samples(
     let labels: Vec<usize> = (0..n)
         .map(|i| if classes > 0 { (i / 8) % classes } else { 0 })
         .collect();
-    let cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, device));
+    let mut cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, device));
+    // A context-conditional model samples at the test points' contexts in turn, so that the
+    // scatter compares like with like.
+    if let (Some(_), Data::Vectors(s)) = (config.model.context(), test) {
+        let k = s.context_columns.len();
+        let rows: Vec<f32> = (0..n)
+            .flat_map(|i| s.context_row(i % s.len().max(1)).to_vec())
+            .collect();
+        cond = Some(Tensor::from_data(TensorData::new(rows, [n, k]), device));
+    }
     // The same latents at every step, so that the grids show training progress.
     let keys = revflow::noise::indices(0, n);
     let x = model.sample(config.train.seed, &keys, temperature, cond.as_ref(), device)?;
@@ -273,6 +282,10 @@ pub struct SampleArgs {
     /// Class to sample (name or index) for class-conditional runs.
     #[arg(long)]
     pub class: Option<String>,
+    /// The context to sample at, for runs conditioned on one (trained with --context): one
+    /// value per context column, comma-separated, e.g. --context 2.5,0.1.
+    #[arg(long, allow_hyphen_values = true)]
+    pub context: Option<String>,
     /// Output PNG.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
@@ -306,6 +319,24 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             "revflow: class-conditional run; sampling classes in turn (choose one with --class)"
         );
     }
+    // A context-conditional run samples p(x | c) at the one context given.
+    let context = match (run.config.model.context(), &args.context) {
+        (Some(context), Some(text)) => Some(context.parse(text)?),
+        (Some(context), None) => {
+            return Err(FlowError::Config(format!(
+                "{} is conditioned on a context ({}); give one with --context",
+                args.run.display(),
+                context.columns.join(",")
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(FlowError::Config(format!(
+                "--context needs a run trained with --context; {} is not one",
+                args.run.display()
+            )))
+        }
+        (None, None) => None,
+    };
     let temperatures = if args.temperatures.is_empty() {
         vec![args.temperature]
     } else {
@@ -338,7 +369,13 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             let labels: Vec<usize> = (start..start + len)
                 .map(|i| class.unwrap_or(i % run.classes().max(1)))
                 .collect();
-            let cond = run.labels(&labels);
+            let cond = match &context {
+                Some(c) => Some(
+                    Tensor::<2>::from_data(TensorData::new(c.clone(), [1, c.len()]), &run.device)
+                        .expand([len, c.len()]),
+                ),
+                None => run.labels(&labels),
+            };
             // Sample i has the same latents at every temperature and in every batch.
             let keys = revflow::noise::indices(start as u64, len);
             let x = run

@@ -1129,3 +1129,224 @@ fn spline_couplings_train_sample_and_check_their_options() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn maf_and_iaf_train_sample_and_score_from_the_command_line() {
+    let dir = temp("maf-iaf");
+    for (model, extra) in [
+        ("maf", vec![]),
+        (
+            "iaf",
+            vec!["--coupling", "spline", "--residual", "--order", "random"],
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "--model",
+            model,
+            "--data",
+            "moons",
+            "--samples",
+            "2048",
+            "--steps",
+            "150",
+            "--eval-every",
+            "25",
+            "--flow-steps",
+            "3",
+            "--hidden",
+            "32",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "20",
+            "--out",
+            model,
+            "--json",
+        ];
+        args.extend(extra.iter().copied());
+        let out = json(&ok(&args, &dir));
+        assert_eq!(out["model"], model);
+        let config = std::fs::read_to_string(dir.join(model).join("config.json")).unwrap();
+        assert!(
+            config.contains(&format!("\"flow\": \"{model}\"")),
+            "{config}"
+        );
+        let tests = metric(&dir.join(model), "test_bits_per_dim");
+        eprintln!("{model}: test bits/dim {tests:?}");
+        assert!(
+            tests[5] < tests[0] - 0.1,
+            "{model}: test bits/dim {tests:?}"
+        );
+        let csv = format!("{model}.csv");
+        ok(
+            &[
+                "sample", model, "-n", "300", "--out", "s.png", "--csv", &csv,
+            ],
+            &dir,
+        );
+        let text = std::fs::read_to_string(dir.join(&csv)).unwrap();
+        assert_eq!(text.lines().count(), 300);
+        ok(&["score", model, "test"], &dir);
+    }
+    refused(
+        &["train", "--model", "maf", "--steps", "1", "--out", "img"],
+        &dir,
+        "MAF and IAF model vectors; digits holds images",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CSV of points on rings whose radius is the column `r` (plus an unused column `w`).
+fn rings_csv(path: &Path, n: usize) {
+    let mut text = String::from("x,r,y,w\n");
+    let mut state = 12345u64;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..n {
+        let r = 1.0 + 2.0 * uniform();
+        let t = std::f64::consts::TAU * uniform();
+        let w = uniform();
+        text += &format!("{:.5},{r:.5},{:.5},{w:.3}\n", r * t.cos(), r * t.sin());
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_context_conditional_flow_trains_samples_at_a_context_and_scores_csv_rows() {
+    let dir = temp("context");
+    rings_csv(&dir.join("rings.csv"), 2000);
+    let data = "csv:rings.csv";
+    ok(
+        &[
+            "train",
+            "--model",
+            "maf",
+            "--data",
+            data,
+            "--context",
+            "r,w",
+            "--steps",
+            "300",
+            "--eval-every",
+            "100",
+            "--flow-steps",
+            "3",
+            "--hidden",
+            "32",
+            "--lr",
+            "3e-3",
+            "--out",
+            "run",
+        ],
+        &dir,
+    );
+    let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    assert!(
+        config.contains("\"columns\"") && config.contains("\"mean\""),
+        "{config}"
+    );
+    let tests = metric(&dir.join("run"), "test_bits_per_dim");
+    assert!(tests[2] < tests[0] - 0.1, "test bits/dim {tests:?}");
+    // Samples follow the radius they are given.
+    let mut radii = vec![];
+    for r in ["1.5", "2.5"] {
+        let context = format!("{r},0.5");
+        ok(
+            &[
+                "sample",
+                "run",
+                "--context",
+                &context,
+                "-n",
+                "400",
+                "--temperature",
+                "1",
+                "--out",
+                "s.png",
+                "--csv",
+                "s.csv",
+            ],
+            &dir,
+        );
+        let text = std::fs::read_to_string(dir.join("s.csv")).unwrap();
+        let mean = text
+            .lines()
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+                v[0].hypot(v[1])
+            })
+            .sum::<f64>()
+            / 400.0;
+        radii.push(mean);
+    }
+    assert!(
+        radii[1] - radii[0] > 0.6,
+        "mean radii at r = 1.5 and 2.5: {radii:?}"
+    );
+    // Scoring reads the context from the CSV's own columns, in any order.
+    ok(&["score", "run", data, "--out", "sc"], &dir);
+    let scores = std::fs::read_to_string(dir.join("sc/scores.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 1 + 2000);
+    std::fs::write(dir.join("no-context.csv"), "x,y\n0.1,0.2\n").unwrap();
+    refused(
+        &["score", "run", "csv:no-context.csv"],
+        &dir,
+        "has no column 'r', which the model is conditioned on",
+    );
+    fails(
+        &["sample", "run"],
+        &dir,
+        "conditioned on a context (r,w); give one with --context",
+    );
+    fails(
+        &["sample", "run", "--context", "1"],
+        &dir,
+        "expected 2 comma-separated value(s) (r, w)",
+    );
+    fails(
+        &["sample", "run", "--context", "1,x"],
+        &dir,
+        "'x' for w is not a finite number",
+    );
+    refused(
+        &[
+            "train",
+            "--data",
+            data,
+            "--context",
+            "q",
+            "--steps",
+            "1",
+            "--out",
+            "q",
+        ],
+        &dir,
+        "rings.csv has no column 'q'; its columns are x, r, y, w",
+    );
+    refused(
+        &[
+            "train",
+            "--data",
+            data,
+            "--context",
+            "x,r,y,w",
+            "--steps",
+            "1",
+            "--out",
+            "q",
+        ],
+        &dir,
+        "every column of",
+    );
+    refused(
+        &["train", "--context", "r", "--steps", "1", "--out", "q"],
+        &dir,
+        "--context takes columns of vector data",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,6 +8,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Data;
 use crate::error::{FlowError, Result};
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -45,6 +46,16 @@ impl Context {
             })
             .collect();
         Ok(Context { columns, mean, std })
+    }
+
+    /// The statistics of a data set's context columns, if it has any.
+    pub fn of_data(data: &Data) -> Result<Option<Self>> {
+        match data {
+            Data::Vectors(s) if !s.context_columns.is_empty() => {
+                Self::fit(s.context_columns.clone(), &s.context).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Values per context vector.
