@@ -363,6 +363,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         )?,
     }
     let (mut images, mut points) = (Vec::new(), Vec::new());
+    let started = std::time::Instant::now();
     for &t in &temperatures {
         for start in (0..args.n).step_by(SAMPLE_BATCH) {
             let len = SAMPLE_BATCH.min(args.n - start);
@@ -387,6 +388,8 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             }
         }
     }
+    // The sampling alone, without loading the run or writing the outputs.
+    let seconds = started.elapsed().as_secs_f64();
     let picture = match image_shape {
         Some(shape) => grid(&images, shape, cols, 4),
         None => {
@@ -411,7 +414,7 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             args.out.display()
         ),
         json: json!({"samples": args.n * temperatures.len(), "temperatures": temperatures,
-            "out": args.out, "csv": args.csv}),
+            "out": args.out, "csv": args.csv, "seconds": seconds}),
     })
 }
 

@@ -4,15 +4,17 @@
 //! latent-side `y = f(x)` together with `log |det ∂f/∂x|` for each sample; `inverse` maps back.
 //! Tensors are either vectors `(N, D)` or images `(N, C, H, W)`; the channel axis is always 1.
 //!
-//! A class-conditional model passes a one-hot `(N, K)` tensor as `cond`; layers that do not use
-//! it ignore it, so conditioning needs no second trait.
+//! A conditional model passes its conditioning input as `cond`, an `(N, K)` tensor: a one-hot
+//! class, or a context vector (standardised by the model, see
+//! [`Context`](crate::models::Context)). Layers that do not use it ignore it, so conditioning
+//! needs no second trait.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::error::{FlowError, Result};
 
-/// Optional conditioning input: one-hot class labels `(N, K)`.
+/// Optional conditioning input `(N, K)`: one-hot class labels or a context vector.
 pub type Cond<'a> = Option<&'a Tensor<2>>;
 
 /// An invertible layer on rank-`D` tensors (`D` = 2 for vectors, 4 for images).

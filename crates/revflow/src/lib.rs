@@ -1,6 +1,7 @@
 //! # revflow
 //!
-//! Reversible (flow-based) generative models — NICE, RealNVP and Glow — on
+//! Reversible (flow-based) generative models — NICE, RealNVP, Glow, neural spline flows, MAF
+//! and IAF, unconditional or conditioned on a class or a context vector — on
 //! [burn](https://burn.dev). A flow maps data `x` to latents `z = f(x)` through invertible
 //! layers with tractable Jacobians, so that
 //!
@@ -11,11 +12,12 @@
 //! is exact, sampling is `x = f⁻¹(z)`, and encoding is lossless.
 //!
 //! - [`flow`]: the [`Flow`] trait every layer implements, and [`Sequential`] composition.
-//! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, squeeze,
-//!   split, NICE scaling, batch normalisation, dequantisation and logit preprocessing.
+//! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, autoregressive
+//!   layers (MAF, IAF), squeeze, split, NICE scaling, batch normalisation, dequantisation and
+//!   logit preprocessing.
 //! - [`transforms`]: the elementwise maps a coupling applies (additive, affine, rational-quadratic
 //!   spline) and the [`Conditioner`](transforms::Conditioner) trait of the networks that
-//!   parameterise them; [`nets`]: those networks; [`fused`]: Glow's network and affine transform
+//!   parameterise them; [`nets`]: those networks (and MADE); [`fused`]: Glow's network and affine transform
 //!   as one CPU operation with its own backward pass.
 //! - [`distributions`]: Gaussian (standard, learned, class-conditional) and logistic priors.
 //! - [`weights`]: saving and loading parameters as safetensors.
