@@ -14,8 +14,9 @@ pub struct GaussianConfig {
     pub shape: Vec<usize>,
     /// Learn a mean and log-std for every latent entry (Glow's `learntop`).
     pub learn_top: bool,
-    /// Number of classes for a class-conditional prior (0: none): a zero-initialised linear
-    /// map from the one-hot label to a per-channel mean and log-std (Glow's `ycond`).
+    /// Width of the conditioning input (0: none): a zero-initialised linear map from the
+    /// one-hot label (Glow's `ycond`) or the standardised context vector to a per-channel
+    /// mean and log-std.
     pub classes: usize,
 }
 

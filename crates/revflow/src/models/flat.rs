@@ -44,6 +44,7 @@ impl FlatFlow {
             (None, c) => Ok(c.cloned()),
         }
     }
+
     fn dequantize(&self) -> Option<Dequantize> {
         self.n_bits.map(|n_bits| Dequantize {
             n_bits,
