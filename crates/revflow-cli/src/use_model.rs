@@ -104,10 +104,15 @@ impl Loaded {
     }
 
     /// Inputs given as specifications the library reads (image files and folders,
-    /// `test:N`, `train:A..B`, … see [`revflow::scoring::source`]); returns values `(N, D)`
-    /// and labels (`class` if given, else the input's own where it has one of the run's,
-    /// else 0).
-    fn inputs(&self, specs: &[String], class: Option<usize>) -> Result<(Tensor<2>, Vec<usize>)> {
+    /// `test:N`, `train:A..B`, … see [`revflow::scoring::source`]); returns values `(N, D)`,
+    /// labels (`class` if given, else the input's own where it has one of the run's, else 0)
+    /// and, for a context-conditional run, each input's raw context (from its CSV columns or
+    /// the run's data), row after row.
+    fn inputs(
+        &self,
+        specs: &[String],
+        class: Option<usize>,
+    ) -> Result<(Tensor<2>, Vec<usize>, Vec<f32>)> {
         let rows = Context::new(&self.config).read_all(specs)?;
         let labels = rows
             .classes
@@ -116,7 +121,19 @@ impl Loaded {
             .collect();
         let shape = [rows.len(), rows.dims];
         let x = Tensor::from_data(TensorData::new(rows.values, shape), &self.device);
-        Ok((x, labels))
+        Ok((x, labels, rows.context))
+    }
+
+    /// The conditioning input of `labels.len()` inputs: their raw context rows for a
+    /// context-conditional run (when given), else one-hot labels for a class-conditional one.
+    fn cond(&self, labels: &[usize], context: &[f32]) -> Option<Tensor<2>> {
+        match (self.config.model.context(), labels.len()) {
+            (Some(c), n) if n > 0 && context.len() == n * c.len() => {
+                let data = TensorData::new(context.to_vec(), [n, c.len()]);
+                Some(Tensor::from_data(data, &self.device))
+            }
+            _ => self.labels(labels),
+        }
     }
 }
 
@@ -438,20 +455,23 @@ pub struct EncodeArgs {
 pub fn encode(args: EncodeArgs) -> Result<Report> {
     let run = open(&args.run, &args.device)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
-    let (x, labels) = run.inputs(&args.inputs, class)?;
-    let zs = latents::encode(&run.model, x, run.labels(&labels).as_ref())?;
-    let meta = HashMap::from([
+    let (x, labels, context) = run.inputs(&args.inputs, class)?;
+    let zs = latents::encode(&run.model, x, run.cond(&labels, &context).as_ref())?;
+    let joined = |v: &[String]| v.join(",");
+    let mut meta = HashMap::from([
         ("run".to_string(), args.run.display().to_string()),
         ("model".to_string(), run.config.model.name().to_string()),
         (
             "labels".to_string(),
-            labels
-                .iter()
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            joined(&labels.iter().map(|l| l.to_string()).collect::<Vec<_>>()),
         ),
     ]);
+    // The context goes with the latents, so that decode conditions on the same one (f32's
+    // shortest round-trip text, so exactly).
+    if !context.is_empty() {
+        let text: Vec<String> = context.iter().map(|v| v.to_string()).collect();
+        meta.insert("context".to_string(), joined(&text));
+    }
     latents::save(&args.out, &zs, meta)?;
     let sizes: Vec<usize> = zs.iter().map(|z| z.dims()[1]).collect();
     Ok(Report {
@@ -486,7 +506,11 @@ pub fn decode(args: DecodeArgs) -> Result<Report> {
         .map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect())
         .filter(|l: &Vec<usize>| l.len() == n)
         .unwrap_or_else(|| vec![0; n]);
-    let x = latents::decode(&run.model, &zs, run.labels(&labels).as_ref())?;
+    let context: Vec<f32> = meta
+        .get("context")
+        .map(|c| c.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    let x = latents::decode(&run.model, &zs, run.cond(&labels, &context).as_ref())?;
     match run.config.model.image_shape() {
         Some(shape) => {
             std::fs::create_dir_all(&args.out).map_err(|source| FlowError::Io {
@@ -545,8 +569,8 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     let steps = args.steps;
     let dims = run.config.model.dims() as f64;
     check_grid(steps, shape, steps, 4, steps as f64 * dims * 5.0)?;
-    let (x, labels) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
-    let zs = run.model.encode(x, run.labels(&labels).as_ref())?;
+    let (x, labels, context) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
+    let zs = run.model.encode(x, run.cond(&labels, &context).as_ref())?;
     let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
     let dir: Vec<Tensor<2>> = zs
         .iter()
@@ -663,7 +687,7 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     let run = open(&args.run, &args.device)?;
     let shape = run.image_shape("manipulate")?;
     // The input first: a bad one is refused before the mean latents are computed.
-    let (x, input_labels) = run.inputs(std::slice::from_ref(&args.input), None)?;
+    let (x, input_labels, _) = run.inputs(std::slice::from_ref(&args.input), None)?;
     let (towards, away, what) = match (&args.attributes, &args.attribute) {
         (Some(csv), Some(attribute)) => {
             let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
@@ -673,8 +697,8 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
             };
-            let (x_with, l_with) = run.inputs(&files(with), None)?;
-            let (x_without, l_without) = run.inputs(&files(without), None)?;
+            let (x_with, l_with, _) = run.inputs(&files(with), None)?;
+            let (x_without, l_without, _) = run.inputs(&files(without), None)?;
             (
                 mean_latent(&run, x_with, &l_with)?,
                 mean_latent(&run, x_without, &l_without)?,

@@ -1292,6 +1292,30 @@ fn a_context_conditional_flow_trains_samples_at_a_context_and_scores_csv_rows() 
     ok(&["score", "run", data, "--out", "sc"], &dir);
     let scores = std::fs::read_to_string(dir.join("sc/scores.csv")).unwrap();
     assert_eq!(scores.lines().count(), 1 + 2000);
+    // Encoding keeps each row's context with its latent, so decoding gives the row back.
+    ok(&["encode", "run", data, "--out", "z.safetensors"], &dir);
+    ok(
+        &["decode", "run", "z.safetensors", "--out", "back.csv"],
+        &dir,
+    );
+    let back = std::fs::read_to_string(dir.join("back.csv")).unwrap();
+    let original = std::fs::read_to_string(dir.join("rings.csv")).unwrap();
+    let mut rows = 0;
+    for (b, o) in back.lines().zip(original.lines().skip(1)) {
+        let b: Vec<f64> = b.split(',').map(|v| v.parse().unwrap()).collect();
+        let o: Vec<f64> = o.split(',').map(|v| v.parse().unwrap()).collect();
+        // The file's columns are x, r, y, w; the model's x is (x, y).
+        assert!(
+            (b[0] - o[0]).abs() < 1e-4 && (b[1] - o[2]).abs() < 1e-4,
+            "{b:?} vs {o:?}"
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, 2000);
+    ok(
+        &["encode", "run", "test:0..5", "--out", "t.safetensors"],
+        &dir,
+    );
     std::fs::write(dir.join("no-context.csv"), "x,y\n0.1,0.2\n").unwrap();
     refused(
         &["score", "run", "csv:no-context.csv"],
