@@ -171,23 +171,29 @@ impl VectorSet {
             )));
         }
         let n = self.len();
-        let mut context = self.context.clone();
-        let k_old = self.context_columns.len();
-        let mut merged = Vec::with_capacity(n * (k_old + picked.len()));
-        for i in 0..n {
-            merged.extend_from_slice(&context[i * k_old..(i + 1) * k_old]);
-            merged.extend(picked.iter().map(|&j| self.row(i)[j]));
-        }
-        context = merged;
-        let mut context_columns = self.context_columns.clone();
-        context_columns.extend(picked.iter().map(|&j| self.columns[j].clone()));
+        // Columns already in the context stay first; the picked ones follow.
+        let context = (0..n)
+            .flat_map(|i| {
+                let row = self.row(i);
+                let picked = picked.iter().map(move |&j| row[j]);
+                self.context_row(i).iter().copied().chain(picked)
+            })
+            .collect();
+        let values = (0..n)
+            .flat_map(|i| {
+                let row = self.row(i);
+                kept.iter().map(move |&j| row[j])
+            })
+            .collect();
+        let names = |cols: &[usize]| -> Vec<String> {
+            cols.iter().map(|&j| self.columns[j].clone()).collect()
+        };
+        let (columns, mut context_columns) = (names(&kept), self.context_columns.clone());
+        context_columns.extend(names(&picked));
         Ok(VectorSet {
-            values: (0..n)
-                .flat_map(|i| kept.iter().map(move |&j| (i, j)))
-                .map(|(i, j)| self.row(i)[j])
-                .collect(),
+            values,
             dim: kept.len(),
-            columns: kept.iter().map(|&j| self.columns[j].clone()).collect(),
+            columns,
             context,
             context_columns,
             ..self
@@ -542,6 +548,42 @@ mod tests {
         assert_eq!(sub.values, vec![4., 5., 0., 1.]);
         assert!(sub.labels.is_empty());
         assert_eq!(Data::Vectors(sub).num_classes(), 0);
+    }
+
+    #[test]
+    fn context_columns_move_out_of_the_values_in_the_order_named() {
+        let s = VectorSet {
+            values: (0..8).map(|v| v as f32).collect(),
+            dim: 4,
+            labels: vec![],
+            class_names: vec![],
+            columns: ["a", "b", "c", "d"].map(String::from).to_vec(),
+            context: Vec::new(),
+            context_columns: Vec::new(),
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = s
+            .clone()
+            .with_context(&names(&["d", "b"]), "t.csv")
+            .unwrap();
+        assert_eq!((c.dim, c.columns.clone()), (2, names(&["a", "c"])));
+        assert_eq!(c.values, vec![0., 2., 4., 6.]);
+        assert_eq!(c.context_columns, names(&["d", "b"]));
+        assert_eq!(c.context, vec![3., 1., 7., 5.]);
+        assert_eq!(c.subset(&[1]).context_row(0), &[7., 5.]);
+        // A second call appends to the context.
+        let more = c.with_context(&names(&["c"]), "t.csv").unwrap();
+        assert_eq!(more.context, vec![3., 1., 2., 7., 5., 6.]);
+        assert_eq!(more.values, vec![0., 4.]);
+        let err = |n: &[&str]| {
+            s.clone()
+                .with_context(&names(n), "t.csv")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["e"]).contains("t.csv has no column 'e'; its columns are a, b, c, d"));
+        assert!(err(&["a", "a"]).contains("column 'a' is named twice"));
+        assert!(err(&["a", "b", "c", "d"]).contains("every column of t.csv would be context"));
     }
 
     #[test]
