@@ -11,6 +11,7 @@ mod preprocess;
 mod scale;
 mod split;
 mod squeeze;
+mod variational;
 
 pub(crate) use actnorm::ChannelStats;
 pub use actnorm::{ActNorm, ActNormConfig};
@@ -23,6 +24,7 @@ pub use preprocess::{Dequantize, Logit};
 pub use scale::DiagScale;
 pub use split::{Latent, Split, SplitConfig};
 pub use squeeze::Squeeze;
+pub use variational::{PixelConditioned, VariationalConfig, VariationalDequantizer};
 
 use burn::module::Module;
 use burn::tensor::Tensor;
