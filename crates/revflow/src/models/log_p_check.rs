@@ -221,6 +221,34 @@ fn families() -> Vec<(&'static str, ModelConfig)> {
             }),
         ),
         (
+            "glow with variational dequantization",
+            ModelConfig::Glow(GlowConfig {
+                shape: [1, 4, 4],
+                levels: 2,
+                depth: 1,
+                hidden: 8,
+                variational: Some(VariationalSize {
+                    couplings: 2,
+                    hidden: 8,
+                }),
+                ..Default::default()
+            }),
+        ),
+        (
+            "realnvp with variational dequantization, 3 channels",
+            ModelConfig::Realnvp(RealNvpConfig {
+                shape: [3, 4, 2],
+                scales: 1,
+                hidden: 8,
+                blocks: 1,
+                variational: Some(VariationalSize {
+                    couplings: 2,
+                    hidden: 8,
+                }),
+                ..Default::default()
+            }),
+        ),
+        (
             "realnvp",
             ModelConfig::Realnvp(RealNvpConfig {
                 shape: [1, 4, 4],

@@ -49,6 +49,24 @@ impl Permutation {
     }
 }
 
+/// The size of variational dequantization's `q(u | x)` (Flow++): spline couplings
+/// conditioned on the pixels.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VariationalSize {
+    pub couplings: usize,
+    pub hidden: usize,
+}
+
+impl Default for VariationalSize {
+    fn default() -> Self {
+        Self {
+            couplings: 4,
+            hidden: 32,
+        }
+    }
+}
+
 /// Glow (Kingma & Dhariwal 2018). Defaults suit the 8×8 digits on 2 cores; the paper's
 /// CIFAR-10 model is `levels: 3, depth: 32, hidden: 512, affine, invconv`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -78,6 +96,9 @@ pub struct GlowConfig {
     /// A data-initialised ActNorm per pixel position before the first level (not in the paper;
     /// helps small data sets with near-constant pixels such as the digits' borders).
     pub pixel_norm: bool,
+    /// Variational dequantization (Flow++) instead of uniform noise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variational: Option<VariationalSize>,
     pub seed: u64,
 }
 
@@ -96,6 +117,7 @@ impl Default for GlowConfig {
             class_weight: 0.01,
             n_bits: 8,
             pixel_norm: false,
+            variational: None,
             seed: 0,
         }
     }
@@ -115,6 +137,9 @@ pub struct RealNvpConfig {
     /// Logit margin α (paper: 0.05 on CIFAR-10; 1e-6 on MNIST).
     pub alpha: f64,
     pub n_bits: u32,
+    /// Variational dequantization (Flow++) instead of uniform noise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variational: Option<VariationalSize>,
 }
 
 impl Default for RealNvpConfig {
@@ -126,6 +151,7 @@ impl Default for RealNvpConfig {
             blocks: 2,
             alpha: 0.05,
             n_bits: 8,
+            variational: None,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{FlowError, Result};
 use crate::flow::{Cond, Flow, Sequential};
 use crate::layers::{
     ActNorm, ActNormConfig, BatchNormFlowConfig, CouplingConfig, Dequantize, Latent, Layer, Logit,
-    Mask, Split, SplitConfig, Squeeze,
+    Mask, Split, SplitConfig, Squeeze, VariationalConfig, VariationalDequantizer,
 };
 use crate::models::Noise;
 use crate::nets::{ConvNet, ConvNetConfig, ResNet, ResNetConfig};
@@ -28,7 +28,7 @@ use crate::noise::Standard;
 use crate::transforms::Conditioner;
 use crate::transforms::Transform;
 
-use super::{GlowConfig, RealNvpConfig};
+use super::{GlowConfig, RealNvpConfig, VariationalSize};
 
 /// One scale: `before` at the input resolution, then an optional squeeze, `after`, and an
 /// optional split.
@@ -129,6 +129,8 @@ pub struct MultiScale<N: Module + ModuleDisplay> {
     /// RealNVP's logit preprocessing margin; `None` for Glow's centred inputs.
     #[module(skip)]
     pub logit_alpha: Option<f64>,
+    /// Variational dequantization's `q(u | x)`; `None`: uniform noise.
+    pub dequantizer: Option<VariationalDequantizer>,
 }
 
 /// Latent shapes `[C, H, W]` of each split, then of the top.
@@ -191,15 +193,23 @@ impl<N: Conditioner<4>> MultiScale<N> {
             ));
         }
         let noise = noise.map(|u| u.clone().reshape([u.dims()[0], c, h, w]));
-        let (x, logdet) = match noise {
-            Some(u) if u.dims()[0] != n => {
+        let (x, logdet) = match (noise, &self.dequantizer) {
+            (Some(u), _) if u.dims()[0] != n => {
                 return Err(FlowError::shape(
                     "dequantization noise",
                     format!("{n} rows"),
                     u.dims(),
                 ))
             }
-            u => self.dequantize().dequantize(x.reshape([n, c, h, w]), u)?,
+            // The host's uniform noise moved by q(u | x): log p(x + u) − log q(u | x).
+            (Some(u0), Some(q)) => {
+                let pixels = x.reshape([n, c, h, w]);
+                let (centres, _) = self.dequantize().dequantize(pixels.clone(), None)?;
+                let (u, log_q) = q.sample(u0, &centres.reshape([n, d]))?;
+                let (x, logdet) = self.dequantize().dequantize(pixels, Some(u))?;
+                (x, logdet - log_q)
+            }
+            (u, _) => self.dequantize().dequantize(x.reshape([n, c, h, w]), u)?,
         };
         match self.logit_alpha {
             Some(alpha) => {
@@ -461,6 +471,7 @@ pub fn glow(config: &GlowConfig, device: &Device) -> Result<MultiScale<ConvNet>>
         shape: config.shape,
         n_bits: config.n_bits,
         logit_alpha: None,
+        dequantizer: dequantizer(config.shape, config.variational, device)?,
         pixel_norm: config
             .pixel_norm
             .then(|| ActNormConfig::new(config.shape.iter().product()).init(device)),
@@ -522,5 +533,24 @@ pub fn realnvp(config: &RealNvpConfig, device: &Device) -> Result<MultiScale<Res
         n_bits: config.n_bits,
         logit_alpha: Some(config.alpha),
         pixel_norm: None,
+        dequantizer: dequantizer(config.shape, config.variational, device)?,
     })
+}
+
+/// `q(u | x)` for variational dequantization, when configured.
+fn dequantizer(
+    shape: [usize; 3],
+    variational: Option<VariationalSize>,
+    device: &Device,
+) -> Result<Option<VariationalDequantizer>> {
+    variational
+        .map(|v| {
+            VariationalConfig {
+                shape,
+                couplings: v.couplings,
+                hidden: v.hidden,
+            }
+            .init(device)
+        })
+        .transpose()
 }
