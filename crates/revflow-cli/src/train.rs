@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use revflow::data::{self, Data};
 use revflow::models::{
-    Context, GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig, VectorFlow,
-    VectorFlowConfig,
+    Context, GlowConfig, Model, ModelConfig, NiceConfig, Permutation, RealNvpConfig,
+    VariationalSize, VectorFlow, VectorFlowConfig,
 };
 use revflow::nets::Ordering;
 use revflow::training::{
@@ -35,6 +35,12 @@ pub enum ModelKind {
     Maf,
     /// Inverse autoregressive flow on vectors: fast sampling, density in D passes.
     Iaf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum DequantizationArg {
+    Uniform,
+    Variational,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -171,6 +177,17 @@ pub struct TrainArgs {
     /// Bits per pixel kept, 1-8 [default: 4 for Glow on the digits, 8 otherwise].
     #[arg(long)]
     pub n_bits: Option<u32>,
+    /// Glow / RealNVP: dequantization noise, uniform or learned (Flow++'s variational q(u | x):
+    /// spline couplings conditioned on the pixels; bits/dim is then a variational bound,
+    /// tightened by `eval`/`score --dequant-samples K`). [default: uniform]
+    #[arg(long, value_enum)]
+    pub dequantization: Option<DequantizationArg>,
+    /// Variational dequantization: couplings of q. [default: 4]
+    #[arg(long)]
+    pub dequant_couplings: Option<usize>,
+    /// Variational dequantization: hidden width of q's networks. [default: 32]
+    #[arg(long)]
+    pub dequant_hidden: Option<usize>,
     /// RealNVP: scales.
     #[arg(long)]
     pub scales: Option<usize>,
@@ -319,6 +336,18 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
         })
     };
     let classes = |saved: usize| if args.ycond { classes } else { saved };
+    // --dequantization chooses; the size options resize a variational q.
+    let variational = |saved: Option<VariationalSize>| {
+        let base = match args.dequantization {
+            Some(DequantizationArg::Variational) => Some(saved.unwrap_or_default()),
+            Some(DequantizationArg::Uniform) => None,
+            None => saved,
+        }?;
+        Some(VariationalSize {
+            couplings: args.dequant_couplings.unwrap_or(base.couplings),
+            hidden: args.dequant_hidden.unwrap_or(base.hidden),
+        })
+    };
     match model {
         ModelConfig::Glow(c) => ModelConfig::Glow(GlowConfig {
             levels: args.levels.unwrap_or(c.levels),
@@ -332,6 +361,7 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
             class_weight: args.class_weight.unwrap_or(c.class_weight),
             n_bits: args.n_bits.unwrap_or(c.n_bits),
             pixel_norm: c.pixel_norm || args.pixel_norm,
+            variational: variational(c.variational),
             ..c
         }),
         ModelConfig::Realnvp(c) => ModelConfig::Realnvp(RealNvpConfig {
@@ -340,6 +370,7 @@ fn with_model_options(args: &TrainArgs, model: ModelConfig, classes: usize) -> M
             blocks: args.blocks.unwrap_or(c.blocks),
             alpha: args.alpha.unwrap_or(c.alpha),
             n_bits: args.n_bits.unwrap_or(c.n_bits),
+            variational: variational(c.variational),
             ..c
         }),
         ModelConfig::Nice(c) => ModelConfig::Nice(NiceConfig {
@@ -424,6 +455,9 @@ fn option_of(field: &str) -> String {
     match field {
         "model.steps" => "--flow-steps".into(),
         "model.flow" => "--model".into(),
+        "model.variational" => "--dequantization".into(),
+        "model.variational.couplings" => "--dequant-couplings".into(),
+        "model.variational.hidden" => "--dequant-hidden".into(),
         "model.classes" => "--ycond".into(),
         "model.affine" | "model.spline" => "--coupling".into(),
         "model.learn_top" => "--no-learn-top".into(),

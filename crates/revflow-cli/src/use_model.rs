@@ -236,6 +236,10 @@ pub struct EvalArgs {
     /// content, so the numbers do not depend on it).
     #[arg(long, default_value_t = revflow::training::EVAL_BATCH)]
     pub batch_size: usize,
+    /// Average K dequantisations per input (importance-weighted, as `score` does): with
+    /// variational dequantization, log (1/K) Σ p(x + u_k) / q(u_k | x), a tighter bound.
+    #[arg(long, default_value_t = 1)]
+    pub dequant_samples: usize,
 }
 
 pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
@@ -260,6 +264,7 @@ pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
         .scorer()
         .class(ClassMode::OwnLabel)?
         .batch_size(args.batch_size)?
+        .dequant_samples(args.dequant_samples)?
         .group(ranks.group());
     let mut inputs = context.open_all(std::slice::from_ref(&args.split))?;
     // Under MPI every rank gets every score; rank 0 writes them.
@@ -277,7 +282,7 @@ pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
         ),
         json: json!({"run": args.run, "split": args.split, "samples": data.len(),
             "bits_per_dim": bits, "nats": scores.nats, "dims": dims,
-            "per_sample": args.per_sample}),
+            "per_sample": args.per_sample, "dequant_samples": args.dequant_samples}),
     })
 }
 

@@ -1374,3 +1374,54 @@ fn a_context_conditional_flow_trains_samples_at_a_context_and_scores_csv_rows() 
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn variational_dequantization_trains_and_its_bound_tightens_with_more_draws() {
+    let dir = temp("variational");
+    let mut args = vec![
+        "train",
+        "--steps",
+        "40",
+        "--eval-every",
+        "40",
+        "--dequantization",
+        "variational",
+        "--dequant-couplings",
+        "2",
+        "--dequant-hidden",
+        "8",
+        "--out",
+        "run",
+    ];
+    args.extend(TINY_GLOW);
+    ok(&args, &dir);
+    let config = std::fs::read_to_string(dir.join("run/config.json")).unwrap();
+    assert!(config.contains("\"variational\""), "{config}");
+    let eval = |k: &str| {
+        json(&ok(
+            &["eval", "run", "--json", "--dequant-samples", k],
+            &dir,
+        ))["bits_per_dim"]
+            .as_f64()
+            .unwrap()
+    };
+    let (one, many) = (eval("1"), eval("8"));
+    assert!(many < one, "K = 8 gives {many} bits/dim, K = 1 {one}");
+    ok(&["sample", "run", "-n", "4", "--out", "s.png"], &dir);
+    refused(
+        &[
+            "train",
+            "--dequantization",
+            "variational",
+            "--dequant-hidden",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            "bad",
+        ],
+        &dir,
+        "--dequant-hidden must be an integer ≥ 1, found 0",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,8 +13,8 @@
 //!
 //! - [`flow`]: the [`Flow`] trait every layer implements, and [`Sequential`] composition.
 //! - [`layers`]: ActNorm, invertible 1×1 convolutions, permutations, couplings, autoregressive
-//!   layers (MAF, IAF), squeeze, split, NICE scaling, batch normalisation, dequantisation and
-//!   logit preprocessing.
+//!   layers (MAF, IAF), squeeze, split, NICE scaling, batch normalisation, dequantisation
+//!   (uniform or variational, Flow++) and logit preprocessing.
 //! - [`transforms`]: the elementwise maps a coupling applies (additive, affine, rational-quadratic
 //!   spline) and the [`Conditioner`](transforms::Conditioner) trait of the networks that
 //!   parameterise them; [`nets`]: those networks (and MADE); [`fused`]: Glow's network and affine transform

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::error::{FlowError, Result};
-use crate::models::{ModelConfig, VectorFlow};
+use crate::models::{ModelConfig, VariationalSize, VectorFlow};
 
 /// The environment variable that overrides the limit.
 pub const ENV: &str = "REVFLOW_MEMORY_LIMIT";
@@ -131,6 +131,7 @@ fn shape_of(model: &ModelConfig) -> Shape {
                 s.add(f(g.depth), step, hidden * pixels, c * pixels);
                 c /= 2.0;
             }
+            variational(&mut s, g.shape, g.variational);
             s
         }
         ModelConfig::Realnvp(r) => {
@@ -162,6 +163,7 @@ fn shape_of(model: &ModelConfig) -> Shape {
                     c /= 2.0;
                 }
             }
+            variational(&mut s, r.shape, r.variational);
             s
         }
         ModelConfig::Nice(n) => {
@@ -198,6 +200,17 @@ fn shape_of(model: &ModelConfig) -> Shape {
             s
         }
     }
+}
+
+/// Variational dequantization's q: spline couplings on full-resolution images, each network
+/// reading the pixels too (conv3×3 → 1×1 → zero conv3×3, as Glow's).
+fn variational(s: &mut Shape, shape: [usize; 3], size: Option<VariationalSize>) {
+    let Some(v) = size else { return };
+    let [c, h, w] = shape.map(|n| n as f64);
+    let hidden = v.hidden as f64;
+    let outputs = 29.0 * c; // 3·8 + 5 spline parameters per value (8 bins)
+    let net = 9.0 * 2.0 * c * hidden + hidden * hidden + 9.0 * hidden * outputs;
+    s.add(v.couplings as f64, net, hidden * h * w, c * h * w);
 }
 
 /// `params`: the transform's parameters per feature (the vector couplings' alternating mask

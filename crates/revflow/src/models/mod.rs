@@ -336,6 +336,7 @@ impl GlowConfig {
         in_range("n_bits", self.n_bits, N_BITS)?;
         in_range("class_weight", self.class_weight, 0.0..)?;
         check_spline(self.spline)?;
+        check_variational(self.variational)?;
         check_shape(self.shape, self.levels)
     }
 
@@ -352,6 +353,7 @@ impl RealNvpConfig {
         in_range("hidden", self.hidden, 1..)?;
         in_range("alpha", self.alpha, between(0.0, 0.5))?;
         in_range("n_bits", self.n_bits, N_BITS)?;
+        check_variational(self.variational)?;
         check_shape(self.shape, self.scales - 1)
     }
 }
@@ -409,6 +411,14 @@ fn coupling_transform(affine: bool, spline: Option<SplineConfig>) -> Transform {
         (None, true) => Transform::AffineGlow,
         (None, false) => Transform::Additive,
     }
+}
+
+fn check_variational(variational: Option<VariationalSize>) -> Result<()> {
+    if let Some(v) = variational {
+        in_range("variational.couplings", v.couplings, 1..)?;
+        in_range("variational.hidden", v.hidden, 1..)?;
+    }
+    Ok(())
 }
 
 fn check_spline(spline: Option<SplineConfig>) -> Result<()> {
