@@ -1112,14 +1112,9 @@ mod tests {
             .collect()
     }
 
-    /// `log((1/n) Σ exp(vᵢ))`.
-    fn log_mean_exp(v: &[f64]) -> f64 {
-        let m = v.iter().copied().fold(f64::MIN, f64::max);
-        m + (v.iter().map(|x| (x - m).exp()).sum::<f64>() / v.len() as f64).ln()
-    }
-
     #[test]
     fn the_variational_bound_stays_below_the_discrete_likelihood_and_tightens_with_k() {
+        use crate::scoring::log_mean_exp;
         let dev = device();
         dev.seed(12);
         let (model, uniform) = tiny_variational_glow(&dev);

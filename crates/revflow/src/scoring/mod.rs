@@ -271,7 +271,7 @@ fn log_prob(
 }
 
 /// log((1/n) Σ exp(vᵢ)), computed stably.
-fn log_mean_exp(values: &[f64]) -> f64 {
+pub(crate) fn log_mean_exp(values: &[f64]) -> f64 {
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !max.is_finite() {
         return max;
