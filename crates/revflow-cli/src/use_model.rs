@@ -392,13 +392,8 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
             let labels: Vec<usize> = (start..start + len)
                 .map(|i| class.unwrap_or(i % run.classes().max(1)))
                 .collect();
-            let cond = match &context {
-                Some(c) => Some(
-                    Tensor::<2>::from_data(TensorData::new(c.clone(), [1, c.len()]), &run.device)
-                        .expand([len, c.len()]),
-                ),
-                None => run.labels(&labels),
-            };
+            let rows = context.as_ref().map_or_else(Vec::new, |c| c.repeat(len));
+            let cond = run.cond(&labels, &rows);
             // Sample i has the same latents at every temperature and in every batch.
             let keys = revflow::noise::indices(start as u64, len);
             let x = run

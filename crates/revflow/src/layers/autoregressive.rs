@@ -74,9 +74,8 @@ impl Autoregressive {
     /// from `t` itself; and the log-det of that map.
     fn pass(&self, t: Tensor<2>, reverse: bool, cond: Cond) -> Result<(Tensor<2>, Tensor<1>)> {
         let h = self.made.forward(t.clone(), cond)?;
-        let logdet_zero = zeros(&t);
-        let (u, log_slope) = self.transform.apply(t, h, reverse, None);
-        Ok((u, log_slope.map_or(logdet_zero, sum_per_sample)))
+        let (u, log_slope) = self.transform.apply(t.clone(), h, reverse, None);
+        Ok((u, logdet(&t, log_slope)))
     }
 
     /// The sequential direction: the `u` with `u = τ(t; h(u))` (τ⁻¹ when `reverse`), and
@@ -88,21 +87,22 @@ impl Autoregressive {
         let [n, d] = t.dims();
         let device = t.device();
         let mut u = t.zeros_like();
-        let mut logdet = zeros(&t);
+        let mut last_slope = None;
         for k in 1..=d {
             let h = self.made.forward(u.clone(), cond)?;
             let (next, log_slope) = self.transform.apply(t.clone(), h, reverse, None);
             let now: Vec<bool> = self.made.degrees.iter().map(|&m| m == k).collect();
             let now = Tensor::<2, Bool>::from_data(TensorData::new(now, [1, d]), &device);
             u = u.mask_where(now.expand([n, d]), next);
-            logdet = log_slope.map_or_else(|| zeros(&t), sum_per_sample);
+            last_slope = log_slope;
         }
-        Ok((u, logdet))
+        Ok((u, logdet(&t, last_slope)))
     }
 }
 
-fn zeros(t: &Tensor<2>) -> Tensor<1> {
-    Tensor::zeros([t.dims()[0]], &t.device())
+/// The log-det per sample from elementwise log-slopes (`None`: volume preserving).
+fn logdet(t: &Tensor<2>, log_slope: Option<Tensor<2>>) -> Tensor<1> {
+    log_slope.map_or_else(|| Tensor::zeros([t.dims()[0]], &t.device()), sum_per_sample)
 }
 
 impl<const D: usize> Flow<D> for Autoregressive {

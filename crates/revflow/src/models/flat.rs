@@ -108,9 +108,9 @@ impl FlatFlow {
     pub fn destandardize(&self, eps: &[Tensor<2>], cond: Cond) -> Result<Tensor<2>> {
         match eps {
             [e] if e.dims()[1] == self.dims => {
-                let standard = self.condition(cond)?;
-                let z = self.prior.destandardize(e.clone(), standard.as_ref())?;
-                self.decode(&[z], cond)
+                let cond = self.condition(cond)?;
+                let z = self.prior.destandardize(e.clone(), cond.as_ref())?;
+                self.postprocess(self.flow.inverse(z, cond.as_ref())?)
             }
             _ => self.decode(eps, cond),
         }
