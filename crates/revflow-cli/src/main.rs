@@ -96,6 +96,10 @@ enum Command {
     /// Time Glow's training step, likelihood evaluation and sampling (see bench/ for the
     /// side-by-side comparison with PyTorch).
     Bench(BenchArgs),
+    /// A web page over the runs of a folder: samples at any temperature, an image encoded to
+    /// its latents and decoded back exactly, its bits/dim among the test set's, interpolation
+    /// and class directions. Works offline; stop it with Ctrl-C.
+    Serve(ServeArgs),
 }
 
 impl Command {
@@ -115,6 +119,7 @@ impl Command {
             Command::Devices => "devices",
             Command::Figures(_) => "figures",
             Command::Bench(_) => "bench",
+            Command::Serve(_) => "serve",
         }
     }
 }
@@ -150,6 +155,50 @@ struct BenchArgs {
     /// the GPU backends need revflow built with `--features wgpu` or `--features cuda`.
     #[arg(long, default_value = "cpu")]
     device: Backend,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The folder of runs (each one a `revflow train --out` directory).
+    #[arg(default_value = "runs")]
+    runs: std::path::PathBuf,
+    /// Port to listen on (0: any free one, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Address to listen on. Any address but loopback (127.0.0.1, ::1) is reachable from other
+    /// machines: every request then needs the token in the address printed at start.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Requests running or waiting for the model at once; more are answered 503 (busy).
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Largest request in bytes (an uploaded image is sent inside one, a third larger).
+    #[arg(long, default_value_t = 8 << 20)]
+    upload_limit: usize,
+    #[command(flatten)]
+    device: use_model::DeviceArg,
+}
+
+fn serve(args: ServeArgs) -> Result<Report, FlowError> {
+    let config = revflow_serve::ServeConfig {
+        host: args.host,
+        port: args.port,
+        queue: args.queue,
+        upload_limit: args.upload_limit,
+        ..revflow_serve::ServeConfig::new(&args.runs, args.device.device()?)
+    };
+    let server = revflow_serve::Server::bind(config)?;
+    // A bug in one request answers that request with a 500; the server stays up.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("revflow serve: internal error in a request: {info} (please report it)");
+    }));
+    println!("serving {} at {}", args.runs.display(), server.url);
+    eprintln!("revflow serve: Ctrl-C stops");
+    server.run()?;
+    Ok(Report {
+        human: "stopped".into(),
+        json: serde_json::json!({"stopped": true}),
+    })
 }
 
 fn bench(args: BenchArgs) -> Result<Report, FlowError> {
@@ -434,6 +483,7 @@ fn run(command: Command, ranks: &Ranks) -> Result<Report, FlowError> {
                 },
         } => export(&name, &out, data_samples, seed),
         Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
         Command::Devices => devices(),
         Command::Figures(args) => figures::run(args),
         Command::Layers => Ok(Report {

@@ -16,8 +16,9 @@ use revflow::{FlowError, Result};
 use serde_json::json;
 
 use crate::ranks::Ranks;
-use crate::use_model::{open, DeviceArg, Loaded};
+use crate::use_model::{open, DeviceArg};
 use crate::Report;
+use revflow::trained::TrainedRun;
 
 /// The options of `revflow score` (its help is on the subcommand, in main.rs).
 #[derive(Args, Debug)]
@@ -194,7 +195,7 @@ pub fn run(args: ScoreArgs, ranks: &Ranks) -> Result<Report> {
 }
 
 /// What likelihood the scores are, in words.
-fn likelihood(run: &Loaded, class: ClassMode) -> String {
+fn likelihood(run: &TrainedRun, class: ClassMode) -> String {
     match class {
         ClassMode::Given(y) => format!(
             "log p(x | class {})",

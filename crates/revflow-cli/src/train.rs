@@ -21,8 +21,10 @@ use revflow::{FlowError, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::ranks::Ranks;
-use crate::use_model::{draw_samples, DeviceArg};
+use crate::use_model::DeviceArg;
 use crate::Report;
+use revflow::pictures::save_png;
+use revflow::trained::sample_picture;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum ModelKind {
@@ -512,31 +514,6 @@ fn permutation(arg: Option<PermutationArg>, default: Permutation) -> Permutation
     }
 }
 
-/// Glow on the 8×8 digits (1497 training images) overfits within a few hundred steps, and
-/// their 17 grey levels fill only every other bin of a 5-bit grid. Unless told otherwise, it
-/// keeps 4 bits (levels 8 and 9 share a bin; the baseline is scored on the same grid) and
-/// uses weight decay 1e-2 for 3000 steps. Measured in the README.
-fn digits_recipe(
-    args: &TrainArgs,
-    model: ModelConfig,
-    base: TrainConfig,
-) -> (ModelConfig, TrainConfig) {
-    match model {
-        ModelConfig::Glow(glow) if args.data() == "digits" => (
-            ModelConfig::Glow(GlowConfig {
-                n_bits: args.n_bits.unwrap_or(4),
-                ..glow
-            }),
-            TrainConfig {
-                steps: 3000,
-                weight_decay: 1e-2,
-                ..base
-            },
-        ),
-        other => (other, base),
-    }
-}
-
 fn train_config(args: &TrainArgs, base: TrainConfig) -> TrainConfig {
     TrainConfig {
         steps: args.steps.unwrap_or(base.steps),
@@ -589,7 +566,7 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
             seed: args.seed(),
             ..TrainConfig::default()
         };
-        let (model, base) = digits_recipe(&args, model, base);
+        let (model, base) = revflow::training::recipe(args.data(), model, base, args.n_bits);
         let name = args
             .data()
             .rsplit(['/', ':'])
@@ -638,14 +615,8 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
     }
     let samples_dir = dir.samples();
     let draw = |model: &Model, step: usize| -> Result<()> {
-        draw_samples(
-            model,
-            &config,
-            &splits.test,
-            &samples_dir.join(format!("step-{step:06}.png")),
-            0.7,
-            &device,
-        )
+        let picture = sample_picture(model, &config, &splits.test, 0.7, &device)?;
+        save_png(picture, &samples_dir.join(format!("step-{step:06}.png")))
     };
     let stop = stop_on_signals()?;
     let run = Run {
@@ -670,15 +641,11 @@ pub fn run(args: TrainArgs, ranks: &Ranks) -> Result<Report> {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let baseline = match (&splits.train, &splits.test, config.model.image_shape()) {
-        (Data::Images(train), Data::Images(test), Some(_)) => {
-            let n_bits = match &config.model {
-                ModelConfig::Glow(c) => c.n_bits,
-                ModelConfig::Realnvp(c) => c.n_bits,
-                ModelConfig::Nice(c) => c.n_bits,
-                ModelConfig::Vector(_) => 8,
-            };
-            Some(per_pixel_baseline(train, test, n_bits))
-        }
+        (Data::Images(train), Data::Images(test), Some(_)) => Some(per_pixel_baseline(
+            train,
+            test,
+            config.model.n_bits().unwrap_or(8),
+        )),
         _ => None,
     };
     let samples = samples_dir.join(format!("step-{:06}.png", summary.steps));

@@ -4,14 +4,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use revflow::burn::tensor::{Device, Tensor, TensorData};
-use revflow::data::Data;
+use revflow::burn::tensor::Device;
 use revflow::device::Backend;
-use revflow::latents::{self, pixels, walk};
-use revflow::models::Model;
+use revflow::latents::{self, pixels};
 use revflow::pictures::{check_grid, grid, save_png, scatter, single};
-use revflow::scoring::{score_into, ClassMode, Context, Kind, Scorer};
-use revflow::training::{one_hot, rows, RunConfig, RunDir};
+use revflow::scoring::{score_into, ClassMode};
+use revflow::trained::{one_input, points_of, Inputs, TrainedRun};
 use revflow::validate::in_range;
 use revflow::{FlowError, Result};
 
@@ -19,14 +17,6 @@ use serde_json::json;
 
 use crate::ranks::Ranks;
 use crate::Report;
-
-/// A trained run, ready for inference.
-pub(crate) struct Loaded {
-    pub config: RunConfig,
-    pub model: Model,
-    pub device: Device,
-    pub dir: RunDir,
-}
 
 /// `--device`, on every command that runs a model.
 #[derive(Args, Debug, Clone)]
@@ -45,117 +35,8 @@ impl DeviceArg {
     }
 }
 
-pub(crate) fn open(run: &Path, device: &DeviceArg) -> Result<Loaded> {
-    let device = device.device()?;
-    let dir = RunDir::new(run);
-    let config = dir.read_config()?;
-    let model = dir.load_model(&config, &device)?;
-    Ok(Loaded {
-        config,
-        model,
-        device,
-        dir,
-    })
-}
-
-impl Loaded {
-    pub fn classes(&self) -> usize {
-        self.config.model.classes()
-    }
-
-    fn image_shape(&self, what: &str) -> Result<[usize; 3]> {
-        self.config.model.image_shape().ok_or_else(|| {
-            FlowError::Config(format!(
-                "{what} needs an image model; {} models vectors",
-                self.dir.root.display()
-            ))
-        })
-    }
-
-    /// A class given by name or index.
-    pub fn class(&self, name: &str) -> Result<usize> {
-        let names = &self.config.class_names;
-        names
-            .iter()
-            .position(|n| n == name)
-            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < names.len()))
-            .ok_or_else(|| {
-                FlowError::Config(format!(
-                    "unknown class {name:?}; the run's classes are {names:?}"
-                ))
-            })
-    }
-
-    /// A scorer of this run's model with its noise seed (one dequantisation, the marginal
-    /// likelihood for a conditional run).
-    pub fn scorer(&self) -> Scorer<'_> {
-        Scorer::new(
-            &self.model,
-            Kind::of(&self.config.model),
-            self.classes(),
-            self.config.train.seed,
-        )
-        .device(&self.device)
-    }
-
-    /// One-hot labels for a conditional model, `None` for an unconditional one.
-    fn labels(&self, labels: &[usize]) -> Option<Tensor<2>> {
-        (self.classes() > 0).then(|| one_hot(labels.iter().copied(), self.classes(), &self.device))
-    }
-
-    /// Inputs given as specifications the library reads (image files and folders,
-    /// `test:N`, `train:A..B`, … see [`revflow::scoring::source`]); returns values `(N, D)`,
-    /// labels (`class` if given, else the input's own where it has one of the run's, else 0)
-    /// and, for a context-conditional run, each input's raw context (from its CSV columns or
-    /// the run's data), row after row.
-    fn inputs(
-        &self,
-        specs: &[String],
-        class: Option<usize>,
-    ) -> Result<(Tensor<2>, Vec<usize>, Vec<f32>)> {
-        let rows = Context::new(&self.config).read_all(specs)?;
-        let labels = rows
-            .classes
-            .iter()
-            .map(|c| class.or(*c).unwrap_or(0))
-            .collect();
-        let shape = [rows.len(), rows.dims];
-        let x = Tensor::from_data(TensorData::new(rows.values, shape), &self.device);
-        Ok((x, labels, rows.context))
-    }
-
-    /// The conditioning input of `labels.len()` inputs: their raw context rows for a
-    /// context-conditional run (when given), else one-hot labels for a class-conditional one.
-    fn cond(&self, labels: &[usize], context: &[f32]) -> Option<Tensor<2>> {
-        match (self.config.model.context(), labels.len()) {
-            (Some(c), n) if n > 0 && context.len() == n * c.len() => {
-                let data = TensorData::new(context.to_vec(), [n, c.len()]);
-                Some(Tensor::from_data(data, &self.device))
-            }
-            _ => self.labels(labels),
-        }
-    }
-}
-
-/// An interpolation end or a manipulated input is one input: an image file, `test:N` or
-/// `train:N`, not a range `test:A..B`.
-fn one_input(spec: &str) -> Result<()> {
-    match spec.split_once(':') {
-        Some(("test" | "train", range)) if range.contains("..") => Err(FlowError::Config(format!(
-            "{spec}: expected one input (an image file, test:N or train:N), not a range"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn points_of(x: Tensor<2>) -> Vec<Vec<f32>> {
-    let d = x.dims()[1];
-    x.into_data()
-        .try_to_vec_as::<f32>()
-        .expect("floats")
-        .chunks(d)
-        .map(<[f32]>::to_vec)
-        .collect()
+pub(crate) fn open(run: &Path, device: &DeviceArg) -> Result<TrainedRun> {
+    TrainedRun::open(run, device.device()?)
 }
 
 fn write_csv<T: std::fmt::Display>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
@@ -170,52 +51,6 @@ fn write_csv<T: std::fmt::Display>(path: &Path, rows: &[Vec<T>]) -> Result<()> {
         })
         .collect();
     revflow::files::write_atomic(path, text.as_bytes())
-}
-
-/// A sample picture: an image grid (a row per class for conditional models), or a scatter plot
-/// of the first two coordinates over the test data.
-pub fn draw_samples(
-    model: &Model,
-    config: &RunConfig,
-    test: &Data,
-    path: &Path,
-    temperature: f64,
-    device: &Device,
-) -> Result<()> {
-    let classes = config.model.classes();
-    let n = if config.model.image_shape().is_some() {
-        64
-    } else {
-        2000
-    };
-    let labels: Vec<usize> = (0..n)
-        .map(|i| if classes > 0 { (i / 8) % classes } else { 0 })
-        .collect();
-    let mut cond = (classes > 0).then(|| one_hot(labels.iter().copied(), classes, device));
-    // A context-conditional model samples at the test points' contexts in turn, so that the
-    // scatter compares like with like.
-    if let (Some(_), Data::Vectors(s)) = (config.model.context(), test) {
-        let k = s.context_columns.len();
-        let rows: Vec<f32> = (0..n)
-            .flat_map(|i| s.context_row(i % s.len().max(1)).to_vec())
-            .collect();
-        cond = Some(Tensor::from_data(TensorData::new(rows, [n, k]), device));
-    }
-    // The same latents at every step, so that the grids show training progress.
-    let keys = revflow::noise::indices(0, n);
-    let x = model.sample(config.train.seed, &keys, temperature, cond.as_ref(), device)?;
-    let picture = match config.model.image_shape() {
-        Some(shape) => grid(&pixels(x), shape, 8, 4),
-        None => {
-            let reference: Vec<[f32; 2]> = match test {
-                Data::Vectors(s) => (0..s.len()).map(|i| [s.row(i)[0], s.row(i)[1]]).collect(),
-                Data::Images(_) => Vec::new(),
-            };
-            let pts: Vec<[f32; 2]> = points_of(x).iter().map(|p| [p[0], p[1]]).collect();
-            scatter(&pts, &reference, 480)
-        }
-    };
-    save_png(picture, path)
 }
 
 /// Bits/dim of a trained run on its data.
@@ -251,7 +86,7 @@ pub fn eval(args: EvalArgs, ranks: &Ranks) -> Result<Report> {
             args.split
         )));
     }
-    let context = Context::new(&run.config);
+    let context = run.context();
     let splits = context.splits()?;
     let data = match args.split.as_str() {
         "test" => &splits.test,
@@ -389,16 +224,8 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
     for &t in &temperatures {
         for start in (0..args.n).step_by(SAMPLE_BATCH) {
             let len = SAMPLE_BATCH.min(args.n - start);
-            let labels: Vec<usize> = (start..start + len)
-                .map(|i| class.unwrap_or(i % run.classes().max(1)))
-                .collect();
-            let rows = context.as_ref().map_or_else(Vec::new, |c| c.repeat(len));
-            let cond = run.cond(&labels, &rows);
             // Sample i has the same latents at every temperature and in every batch.
-            let keys = revflow::noise::indices(start as u64, len);
-            let x = run
-                .model
-                .sample(args.seed, &keys, t, cond.as_ref(), &run.device)?;
+            let x = run.sample(args.seed, start..start + len, t, class, context.as_deref())?;
             match image_shape {
                 Some(_) => images.extend(pixels(x)),
                 None => points.extend(points_of(x)),
@@ -455,7 +282,9 @@ pub struct EncodeArgs {
 pub fn encode(args: EncodeArgs) -> Result<Report> {
     let run = open(&args.run, &args.device)?;
     let class = args.class.as_deref().map(|c| run.class(c)).transpose()?;
-    let (x, labels, context) = run.inputs(&args.inputs, class)?;
+    let Inputs {
+        x, labels, context, ..
+    } = run.inputs(&args.inputs, class)?;
     let zs = latents::encode(&run.model, x, run.cond(&labels, &context).as_ref())?;
     let joined = |v: &[String]| v.join(",");
     let mut meta = HashMap::from([
@@ -546,20 +375,6 @@ pub struct InterpolateArgs {
     pub out: PathBuf,
 }
 
-/// Decodes `zs + t·dir` for each t, as one strip picture.
-fn strip(
-    run: &Loaded,
-    zs: &[Tensor<2>],
-    dir: &[Tensor<2>],
-    ts: &[f64],
-    label: usize,
-    shape: [usize; 3],
-    out: &Path,
-) -> Result<()> {
-    let x = walk(&run.model, zs, dir, ts, run.labels(&[label]).as_ref())?;
-    save_png(grid(&pixels(x), shape, ts.len(), 4), out)
-}
-
 pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     in_range("--steps", args.steps, 2..)?;
     one_input(&args.a)?;
@@ -569,15 +384,9 @@ pub fn interpolate(args: InterpolateArgs) -> Result<Report> {
     let steps = args.steps;
     let dims = run.config.model.dims() as f64;
     check_grid(steps, shape, steps, 4, steps as f64 * dims * 5.0)?;
-    let (x, labels, context) = run.inputs(&[args.a.clone(), args.b.clone()], None)?;
-    let zs = run.model.encode(x, run.cond(&labels, &context).as_ref())?;
-    let a: Vec<Tensor<2>> = zs.iter().map(|z| z.clone().narrow(0, 0, 1)).collect();
-    let dir: Vec<Tensor<2>> = zs
-        .iter()
-        .map(|z| z.clone().narrow(0, 1, 1) - z.clone().narrow(0, 0, 1))
-        .collect();
     let ts: Vec<f64> = (0..steps).map(|i| i as f64 / (steps - 1) as f64).collect();
-    strip(&run, &a, &dir, &ts, labels[0], shape, &args.out)?;
+    let images = run.interpolate(&args.a, &args.b, &ts)?;
+    save_png(grid(&images, shape, steps, 4), &args.out)?;
     Ok(Report {
         human: format!(
             "{steps} images from {} to {} in {}",
@@ -621,63 +430,6 @@ pub struct ManipulateArgs {
     pub out: PathBuf,
 }
 
-/// Mean latent (every level) of a group of inputs.
-fn mean_latent(run: &Loaded, x: Tensor<2>, labels: &[usize]) -> Result<Vec<Tensor<2>>> {
-    latents::mean(&run.model, x, run.labels(labels).as_ref())
-}
-
-/// The two groups of an attribute column: (present, absent) image files.
-fn attribute_groups(
-    csv: &Path,
-    attribute: &str,
-    per_group: usize,
-) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-    let bad = |problem: String| FlowError::Data {
-        source_name: csv.display().to_string(),
-        problem,
-    };
-    let text = std::fs::read_to_string(csv).map_err(|source| FlowError::Io {
-        path: csv.to_path_buf(),
-        source,
-    })?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let file_col = header
-        .iter()
-        .position(|h| h.eq_ignore_ascii_case("file"))
-        .unwrap_or(0);
-    let col = header.iter().position(|h| *h == attribute).ok_or_else(|| {
-        bad(format!(
-            "has no column {attribute:?}; its columns are {header:?}"
-        ))
-    })?;
-    let base = csv.parent().unwrap_or(Path::new("."));
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for (i, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let value: f64 = cells
-            .get(col)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad(format!("line {}: {attribute} is not a number", i + 2)))?;
-        let file = base.join(cells.get(file_col).copied().unwrap_or_default());
-        let group = if value > 0.0 { &mut with } else { &mut without };
-        if group.len() < per_group {
-            group.push(file);
-        }
-    }
-    if with.is_empty() || without.is_empty() {
-        return Err(bad(format!(
-            "{attribute} needs images both with (> 0) and without (≤ 0) it"
-        )));
-    }
-    Ok((with, without))
-}
-
 pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     for &alpha in &args.alphas {
         in_range("--alphas", alpha, ..)?;
@@ -687,66 +439,26 @@ pub fn manipulate(args: ManipulateArgs) -> Result<Report> {
     let run = open(&args.run, &args.device)?;
     let shape = run.image_shape("manipulate")?;
     // The input first: a bad one is refused before the mean latents are computed.
-    let (x, input_labels, _) = run.inputs(std::slice::from_ref(&args.input), None)?;
-    let (towards, away, what) = match (&args.attributes, &args.attribute) {
-        (Some(csv), Some(attribute)) => {
-            let (with, without) = attribute_groups(csv, attribute, args.per_class)?;
-            let files = |paths: Vec<PathBuf>| {
-                paths
-                    .into_iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-            };
-            let (x_with, l_with, _) = run.inputs(&files(with), None)?;
-            let (x_without, l_without, _) = run.inputs(&files(without), None)?;
-            (
-                mean_latent(&run, x_with, &l_with)?,
-                mean_latent(&run, x_without, &l_without)?,
-                format!("towards {attribute}"),
-            )
-        }
+    run.inputs(std::slice::from_ref(&args.input), None)?;
+    let (direction, what) = match (&args.attributes, &args.attribute) {
+        (Some(csv), Some(attribute)) => (
+            run.attribute_direction(csv, attribute, args.per_class)?,
+            format!("towards {attribute}"),
+        ),
         _ => {
             let (from_name, to_name) = (
                 args.from.clone().unwrap_or_default(),
                 args.to.clone().unwrap_or_default(),
             );
             let (from, to) = (run.class(&from_name)?, run.class(&to_name)?);
-            let splits = run.config.load_data()?;
-            let labels = match &splits.train {
-                Data::Images(s) => s.labels.clone(),
-                Data::Vectors(s) => s.labels.clone(),
-            };
-            let group = |class: usize| -> Result<Vec<Tensor<2>>> {
-                let idx: Vec<usize> = (0..labels.len())
-                    .filter(|&i| labels[i] == class)
-                    .take(args.per_class)
-                    .collect();
-                if idx.is_empty() {
-                    return Err(FlowError::Config(format!(
-                        "no training inputs of class {class}"
-                    )));
-                }
-                let (x, _) = rows(&splits.train, &idx, 0, &run.device);
-                mean_latent(&run, x, &vec![class; idx.len()])
-            };
             (
-                group(to)?,
-                group(from)?,
+                run.class_direction(from, to, args.per_class)?,
                 format!("along {from_name} → {to_name}"),
             )
         }
     };
-    let dir: Vec<Tensor<2>> = towards.into_iter().zip(away).map(|(a, b)| a - b).collect();
-    let zs = run.model.encode(x, run.labels(&input_labels).as_ref())?;
-    strip(
-        &run,
-        &zs,
-        &dir,
-        &args.alphas,
-        input_labels[0],
-        shape,
-        &args.out,
-    )?;
+    let images = run.manipulate(&args.input, &direction, &args.alphas)?;
+    save_png(grid(&images, shape, args.alphas.len(), 4), &args.out)?;
     Ok(Report {
         human: format!(
             "{} moved by α ∈ {:?} {what} in {}",

@@ -169,7 +169,7 @@ pub(crate) fn check_finite<const D: usize>(layer: &'static str, x: &Tensor<D>) -
 }
 
 /// Host copy of a float tensor's values as f32 (without a copy through another type).
-pub(crate) fn to_f32<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>> {
+pub fn to_f32<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>> {
     t.to_data()
         .convert::<f32>()
         .try_into_vec::<f32>()

@@ -45,6 +45,7 @@ pub mod parallel;
 pub mod pictures;
 mod rng;
 pub mod scoring;
+pub mod trained;
 pub mod training;
 pub mod transforms;
 pub mod validate;

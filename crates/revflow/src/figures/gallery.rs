@@ -21,7 +21,7 @@ use crate::pictures::save_png;
 pub(super) const SNAKE: &str = "2spirals";
 
 /// A square window `(centre, half width)` around the points, with a margin.
-fn window(points: &[[f64; 2]]) -> ([f64; 2], f64) {
+pub(crate) fn window(points: &[[f64; 2]]) -> ([f64; 2], f64) {
     let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
     for p in points {
         for d in 0..2 {
@@ -38,7 +38,7 @@ fn window(points: &[[f64; 2]]) -> ([f64; 2], f64) {
 
 /// The model's density on an `n`×`n` grid of cell centres over the window, row by row from
 /// the top, and its integral over the window (≈ 1 when the window holds the mass).
-fn density(
+pub(crate) fn density(
     model: &FlatFlow,
     (c, half): ([f64; 2], f64),
     n: usize,
@@ -90,7 +90,7 @@ fn gaussian_bits_per_dim(train: &[[f64; 2]], test: &[[f64; 2]]) -> f64 {
 }
 
 /// The density as a viridis picture (linear, from 0 to its maximum).
-fn heat_map(p: &[f64], n: usize) -> RgbImage {
+pub(crate) fn heat_map(p: &[f64], n: usize) -> RgbImage {
     let top = p.iter().copied().fold(0.0, f64::max).max(f64::MIN_POSITIVE);
     RgbImage::from_fn(n as u32, n as u32, |x, y| {
         let c = plot::viridis(p[y as usize * n + x as usize] / top);

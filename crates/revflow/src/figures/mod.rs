@@ -15,7 +15,7 @@
 
 mod change_of_variables;
 mod coupling;
-mod gallery;
+pub(crate) mod gallery;
 mod image_latents;
 mod logdet;
 

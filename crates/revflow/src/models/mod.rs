@@ -479,6 +479,17 @@ impl ModelConfig {
         }
     }
 
+    /// Bits per pixel an image model keeps (`None` for vectors). It decodes each pixel to
+    /// the bottom of its bin, so round trips are exact at this depth.
+    pub fn n_bits(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Glow(c) => Some(c.n_bits),
+            ModelConfig::Realnvp(c) => Some(c.n_bits),
+            ModelConfig::Nice(c) => Some(c.n_bits),
+            ModelConfig::Vector(_) => None,
+        }
+    }
+
     /// `[C, H, W]` for image models.
     pub fn image_shape(&self) -> Option<[usize; 3]> {
         match self {
@@ -574,20 +585,23 @@ impl Model {
         each!(self, m => m.standard())
     }
 
+    /// Each level's latent shape `[C, H, W]`, the top last (image models; `None` for a flat
+    /// flow of vectors).
+    pub fn latent_shapes(&self) -> Option<Vec<[usize; 3]>> {
+        match self {
+            Model::Glow(m) => Some(m.latent_shapes()),
+            Model::Realnvp(m) => Some(m.latent_shapes()),
+            Model::Flat(_) => None,
+        }
+    }
+
     /// Values per level of the latents, the top last.
     pub fn latent_dims(&self) -> Vec<usize> {
         match self {
-            Model::Glow(m) => m
-                .latent_shapes()
-                .iter()
-                .map(|s| s.iter().product())
-                .collect(),
-            Model::Realnvp(m) => m
-                .latent_shapes()
-                .iter()
-                .map(|s| s.iter().product())
-                .collect(),
             Model::Flat(m) => vec![m.dims],
+            _ => (self.latent_shapes().unwrap_or_default().iter())
+                .map(|s| s.iter().product())
+                .collect(),
         }
     }
 

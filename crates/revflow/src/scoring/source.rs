@@ -17,8 +17,8 @@
 //! models — found when the source is opened wherever its header tells (IDX, CIFAR-10, CSV,
 //! every image file of a folder), so a long run does not fail at its end.
 
-use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::data::{
     class_names_of, image_header, CifarReader, Convert, CsvReader, Data, FolderReader, IdxImages,
@@ -216,7 +216,10 @@ pub struct Context<'a> {
     convert: Convert,
     /// Whether the command offers `--resize`, `--grayscale` and `--rgb`.
     offers_convert: bool,
-    splits: OnceCell<Splits>,
+    splits: OnceLock<Splits>,
+    /// The run's data, loaded at most once by the caller and shared between contexts (a
+    /// server's requests); `None`: this context's own.
+    shared: Option<&'a OnceLock<Splits>>,
 }
 
 impl<'a> Context<'a> {
@@ -226,8 +229,16 @@ impl<'a> Context<'a> {
             data_dir: None,
             convert: Convert::default(),
             offers_convert: false,
-            splits: OnceCell::new(),
+            splits: OnceLock::new(),
+            shared: None,
         }
+    }
+
+    /// Loads the run's data into `cell` (once, if a test or training input needs it) rather
+    /// than into this context, so that later contexts reuse it.
+    pub fn shared_splits(mut self, cell: &'a OnceLock<Splits>) -> Self {
+        self.shared = Some(cell);
+        self
     }
 
     /// The folder of `mnist:…`, `fashion-mnist:…` and `cifar10:…` inputs.
@@ -246,11 +257,12 @@ impl<'a> Context<'a> {
 
     /// The run's data, loaded and split as in training, once.
     pub fn splits(&self) -> Result<&Splits> {
-        if let Some(splits) = self.splits.get() {
+        let cell = self.shared.unwrap_or(&self.splits);
+        if let Some(splits) = cell.get() {
             return Ok(splits);
         }
         let splits = self.run.load_data()?;
-        Ok(self.splits.get_or_init(|| splits))
+        Ok(cell.get_or_init(|| splits))
     }
 
     /// Opens every specification (so that each is checked before any input is read).

@@ -102,6 +102,35 @@ pub enum Event {
     },
 }
 
+/// The settings `revflow train` uses for a data set where the general defaults do badly.
+///
+/// Glow on the 8×8 digits (1497 training images) overfits within a few hundred steps, and
+/// their 17 grey levels fill only every other bin of a 5-bit grid. Unless `n_bits` says
+/// otherwise, it keeps 4 bits (levels 8 and 9 share a bin; the baseline is scored on the same
+/// grid) and uses weight decay 1e-2 for 3000 steps. Measured in the README. Other data and
+/// models keep `model` and `base`.
+pub fn recipe(
+    data: &str,
+    model: ModelConfig,
+    base: TrainConfig,
+    n_bits: Option<u32>,
+) -> (ModelConfig, TrainConfig) {
+    match model {
+        ModelConfig::Glow(glow) if data == "digits" => (
+            ModelConfig::Glow(crate::models::GlowConfig {
+                n_bits: n_bits.unwrap_or(4),
+                ..glow
+            }),
+            TrainConfig {
+                steps: 3000,
+                weight_decay: 1e-2,
+                ..base
+            },
+        ),
+        other => (other, base),
+    }
+}
+
 /// Where training ended.
 #[derive(Debug, Clone)]
 pub struct Summary {

@@ -1,0 +1,516 @@
+//! Every endpoint of `revflow serve` over real sockets, and every bad request it must refuse
+//! with a 4xx and one line of JSON while it keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::json;
+
+/// One server over two small trained runs, shared by the tests of this file.
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| serve(&runs("http"), |c| c))
+}
+
+fn sample(addr: SocketAddr, body: serde_json::Value) -> Vec<u8> {
+    let r = post(addr, "/api/runs/digits/sample", body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    data_url_pixels(r.json()["image"].as_str().unwrap()).2
+}
+
+#[test]
+fn the_page_and_its_files_are_served_from_the_binary() {
+    let addr = server();
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+    ] {
+        let r = get(addr, path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+    }
+    let page = String::from_utf8(get(addr, "/").body).unwrap();
+    assert!(page.contains("app.js") && !page.contains("http://") && !page.contains("https://"));
+}
+
+#[test]
+fn runs_are_listed_with_their_kind_and_classes() {
+    let runs = get(server(), "/api/runs").json();
+    let runs = runs["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["digits", "moons"]);
+    assert_eq!(runs[0]["kind"], "image");
+    assert_eq!(runs[0]["shape"], json!([1, 8, 8]));
+    assert_eq!(runs[0]["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(runs[1]["kind"], "vector");
+}
+
+#[test]
+fn samples_follow_the_temperature_and_reproduce_under_concurrent_requests() {
+    let addr = server();
+    let cold = sample(addr, json!({"temperature": 0.0, "seed": 3, "n": 16}));
+    let warm = sample(addr, json!({"temperature": 1.0, "seed": 3, "n": 16}));
+    let other_seed = sample(addr, json!({"temperature": 1.0, "seed": 4, "n": 16}));
+    let changed = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+    assert!(
+        changed(&cold, &warm) > cold.len() / 10,
+        "temperature changes the grid"
+    );
+    assert!(
+        changed(&warm, &other_seed) > warm.len() / 10,
+        "seed changes the grid"
+    );
+    // The same request from eight clients at once: eight identical grids (host-side latents
+    // per request, not a shared generator).
+    let grids: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| sample(addr, json!({"temperature": 1.0, "seed": 3, "n": 16}))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(grids.iter().all(|g| *g == warm));
+}
+
+#[test]
+fn a_test_example_and_its_upload_decode_exactly_with_the_same_bits_per_dim() {
+    let addr = server();
+    let by_row = post(addr, "/api/runs/digits/encode", json!({"input": "test:5"})).json();
+    let upload = json!({"input": data_url(&digit_png(5))});
+    let by_file = post(addr, "/api/runs/digits/encode", upload).json();
+    for r in [&by_row, &by_file] {
+        assert_eq!(r["pixels_differ"], 0, "{r}");
+        assert_eq!(r["pixels"], 64);
+        assert!(r["max_error"].as_f64().unwrap() < 0.5);
+        let (_, _, decoded) = data_url_pixels(r["decoded"].as_str().unwrap());
+        let (_, _, original) = data_url_pixels(r["original"].as_str().unwrap());
+        assert_eq!(decoded, original);
+        // Two levels: 2×4×4 and 8×2×2 for a 2-level Glow of 8×8 images.
+        let shapes: Vec<_> = (r["levels"].as_array().unwrap().iter())
+            .map(|l| l["shape"].clone())
+            .collect();
+        assert_eq!(shapes, [json!([2, 4, 4]), json!([8, 2, 2])]);
+    }
+    let bits = |r: &serde_json::Value| r["bits_per_dim"].as_f64().unwrap();
+    assert!(bits(&by_row).is_finite() && bits(&by_row) > 0.0);
+    assert_eq!(bits(&by_row), bits(&by_file));
+    let (_, _, a) = data_url_pixels(by_row["original"].as_str().unwrap());
+    let (_, _, b) = data_url_pixels(by_file["original"].as_str().unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn the_histogram_holds_every_test_input_around_the_encoded_ones() {
+    let addr = server();
+    let h = get(addr, "/api/runs/digits/histogram").json();
+    let counts: u64 = h["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, h["n"].as_u64().unwrap());
+    assert!(counts > 100);
+    let (lo, hi) = (h["lo"].as_f64().unwrap(), h["hi"].as_f64().unwrap());
+    let encoded = post(addr, "/api/runs/digits/encode", json!({"input": "test:0"})).json();
+    let bits = encoded["bits_per_dim"].as_f64().unwrap();
+    assert!((lo..=hi).contains(&bits), "{lo} ≤ {bits} ≤ {hi}");
+    let mean = h["mean"].as_f64().unwrap();
+    assert!(lo < mean && mean < hi);
+}
+
+#[test]
+fn interpolation_ends_at_its_inputs_and_manipulation_starts_at_its_input() {
+    let addr = server();
+    let image = |path: &str, body| {
+        let r = post(addr, path, body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        data_url_pixels(r.json()["image"].as_str().unwrap()).2
+    };
+    let decoded = |input: &str| {
+        let r = post(addr, "/api/runs/digits/encode", json!({"input": input})).json();
+        data_url_pixels(r["original"].as_str().unwrap()).2
+    };
+    let at = |t: f64| {
+        image(
+            "/api/runs/digits/interpolate",
+            json!({"a": "test:0", "b": "test:1", "t": t}),
+        )
+    };
+    assert_eq!(at(0.0), decoded("test:0"));
+    assert_eq!(at(1.0), decoded("test:1"));
+    assert_ne!(at(0.5), at(0.0));
+    let moved = |alpha: f64| {
+        image(
+            "/api/runs/digits/manipulate",
+            json!({"input": "test:2", "from": "0", "to": "1", "alpha": alpha}),
+        )
+    };
+    assert_eq!(moved(0.0), decoded("test:2"));
+    assert_ne!(moved(1.5), moved(0.0));
+}
+
+#[test]
+fn a_vector_run_samples_over_its_density_and_refuses_image_requests() {
+    let addr = server();
+    let r = post(addr, "/api/runs/moons/sample", json!({"n": 500, "seed": 1}));
+    assert_eq!(r.status, 200);
+    let (w, h, pixels) = data_url_pixels(r.json()["image"].as_str().unwrap());
+    assert_eq!((w, h), (240, 240));
+    // The heat map is not one colour, and the samples are drawn on it in white.
+    assert!(pixels.contains(&255) && pixels.iter().any(|&p| p < 100));
+    let r = post(addr, "/api/runs/moons/encode", json!({"input": "test:0"}));
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("needs an image model"), "{}", r.error());
+    assert_eq!(get(addr, "/api/runs/moons/histogram").status, 200);
+}
+
+#[test]
+fn bad_requests_get_a_4xx_and_one_line_of_json() {
+    let addr = server();
+    let cases: Vec<(Response, u16, &str)> = vec![
+        (
+            get(addr, "/api/runs/nope/histogram"),
+            404,
+            "no run \"nope\"",
+        ),
+        (
+            get(addr, "/api/runs/..%2F..%2Fetc/histogram"),
+            400,
+            "not a run name",
+        ),
+        (
+            get(addr, "/api/runs/.hidden/histogram"),
+            400,
+            "not a run name",
+        ),
+        (get(addr, "/nothing/here"), 404, "nothing at /nothing/here"),
+        (
+            request(addr, "DELETE", "/api/runs", &[], b""),
+            405,
+            "not allowed",
+        ),
+        (
+            request(addr, "POST", "/api/runs/digits/sample", &[], b"{not json"),
+            400,
+            "bad request body",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"temprature": 1})),
+            400,
+            "unknown field",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"temperature": -1})),
+            400,
+            "temperature must be",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/sample",
+                json!({"temperature": 1e300}),
+            ),
+            400,
+            "temperature must be",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"n": 0})),
+            400,
+            "n must be",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"n": 1000000})),
+            400,
+            "n must be",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"class": "eleven"})),
+            400,
+            "unknown class",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/encode",
+                json!({"input": "/etc/passwd"}),
+            ),
+            400,
+            "not an input",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/encode",
+                json!({"input": "test:0..5"}),
+            ),
+            400,
+            "not an input",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/encode",
+                json!({"input": "test:99999"}),
+            ),
+            400,
+            "test",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/encode",
+                json!({"input": "data:image/png;base64,aGVsbG8="}),
+            ),
+            400,
+            "not a PNG, JPEG or GIF",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/encode",
+                json!({"input": "data:image/png;base64,@@@"}),
+            ),
+            400,
+            "not valid base64",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/interpolate",
+                json!({"a": "test:0", "b": "test:1", "t": 9}),
+            ),
+            400,
+            "t must be",
+        ),
+        (
+            post(
+                addr,
+                "/api/runs/digits/manipulate",
+                json!({"input": "test:0", "from": "0", "to": "x", "alpha": 1}),
+            ),
+            400,
+            "unknown class",
+        ),
+    ];
+    for (response, status, needle) in cases {
+        assert_eq!(
+            response.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let error = response.error();
+        assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+    }
+    // The server is still up.
+    assert_eq!(get(addr, "/api/runs").status, 200);
+}
+
+#[test]
+fn an_upload_of_the_wrong_size_is_refused_from_its_header() {
+    let addr = server();
+    // 16×16 instead of 8×8.
+    let mut png = Vec::new();
+    image::GrayImage::new(16, 16)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let r = post(
+        addr,
+        "/api/runs/digits/encode",
+        json!({"input": data_url(&png)}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("16×16"), "{}", r.error());
+    // A decompression bomb: a header announcing 100000×100000 pixels (10 GB) over a few
+    // bytes of data. Refused from the header, never decoded.
+    let r = post(
+        addr,
+        "/api/runs/digits/encode",
+        json!({"input": data_url(&bomb_png(100_000))}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("100000×100000"), "{}", r.error());
+}
+
+#[test]
+fn a_body_past_the_limit_is_413() {
+    let root = runs("limit");
+    let addr = serve(&root, |c| revflow_serve::ServeConfig {
+        upload_limit: 4096,
+        ..c
+    });
+    let big = json!({"input": data_url(&vec![0u8; 8192])});
+    let r = post(addr, "/api/runs/digits/encode", big);
+    assert_eq!(r.status, 413);
+    assert!(r.error().contains("4096 bytes"), "{}", r.error());
+    assert_eq!(
+        post(addr, "/api/runs/digits/encode", json!({"input": "test:0"})).status,
+        200
+    );
+}
+
+#[test]
+fn other_sites_are_refused_by_host_and_origin() {
+    let addr = server();
+    let r = request(addr, "GET", "/api/runs", &[("Host", "evil.example")], b"");
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("evil.example"));
+    let r = request(addr, "GET", "/", &[("Host", "evil.example:80")], b"");
+    assert_eq!(r.status, 403);
+    let r = request(
+        addr,
+        "POST",
+        "/api/runs/digits/sample",
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        b"{}",
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("evil.example"));
+    // The page's own origin, and the other loopback names, pass.
+    let own = format!("http://{addr}");
+    let r = request(
+        addr,
+        "POST",
+        "/api/runs/digits/sample",
+        &[("Origin", own.as_str())],
+        b"{}",
+    );
+    assert_eq!(r.status, 200);
+    let localhost = format!("localhost:{}", addr.port());
+    let r = request(
+        addr,
+        "GET",
+        "/api/runs",
+        &[("Host", localhost.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_server_reachable_from_other_machines_needs_its_token() {
+    let root = runs("token");
+    let config = revflow_serve::ServeConfig {
+        host: "0.0.0.0".parse().unwrap(),
+        port: 0,
+        ..revflow_serve::ServeConfig::new(&root, Default::default())
+    };
+    let server = revflow_serve::Server::bind(config).unwrap();
+    let token = server
+        .url
+        .split("token=")
+        .nth(1)
+        .expect("a token in the URL")
+        .to_string();
+    assert_eq!(token.len(), 32);
+    let addr = server.spawn();
+    let local = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let host = format!("0.0.0.0:{}", addr.port());
+    let r = request(local, "GET", "/api/runs", &[("Host", host.as_str())], b"");
+    assert_eq!(r.status, 401);
+    assert!(r.error().contains("token"));
+    let r = request(
+        local,
+        "GET",
+        "/api/runs",
+        &[("X-Revflow-Token", "0123")],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let r = request(
+        local,
+        "GET",
+        "/api/runs",
+        &[("X-Revflow-Token", token.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    // The page itself holds no data and loads without it (it reads the token from its URL).
+    assert_eq!(get(local, "/").status, 200);
+}
+
+#[test]
+fn past_the_queue_requests_get_503_with_retry_after_and_the_server_keeps_serving() {
+    let root = runs("queue");
+    let addr = serve(&root, |c| revflow_serve::ServeConfig { queue: 1, ..c });
+    let mut busy = None;
+    // Twelve clients at once on a queue of one: some are turned away (a few rounds, in case
+    // a slow machine serialises them).
+    for _ in 0..5 {
+        let responses: Vec<Response> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..12)
+                .map(|_| s.spawn(|| post(addr, "/api/runs/digits/sample", json!({"n": 256}))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(responses.iter().all(|r| r.status == 200 || r.status == 503));
+        if let Some(r) = responses.into_iter().find(|r| r.status == 503) {
+            busy = Some(r);
+            break;
+        }
+    }
+    let busy = busy.expect("a 503 among concurrent requests past the queue");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(busy.error().contains("busy"));
+    assert_eq!(
+        post(addr, "/api/runs/digits/sample", json!({"n": 4})).status,
+        200
+    );
+}
+
+#[test]
+fn a_folder_that_is_not_one_is_refused_at_start() {
+    let config = revflow_serve::ServeConfig::new("/no/such/folder", Default::default());
+    let e = revflow_serve::Server::bind(config).err().expect("refused");
+    assert!(e.to_string().contains("/no/such/folder"), "{e}");
+}
+
+/// A PNG of `side`×`side` grey pixels according to its header, with almost no data.
+fn bomb_png(side: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    // A zlib stream of one empty stored block.
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
