@@ -1425,3 +1425,58 @@ fn variational_dequantization_trains_and_its_bound_tightens_with_more_draws() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn serve_starts_on_the_port_it_prints_and_refuses_bad_options_in_one_line() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = temp("serve");
+    std::fs::create_dir_all(dir.join("runs")).unwrap();
+    refused(
+        &["serve", "no-such-folder"],
+        &dir,
+        "no-such-folder is not a folder of runs",
+    );
+    refused(&["serve", "runs", "--queue", "0"], &dir, "--queue");
+    refused(
+        &["serve", "runs", "--upload-limit", "10"],
+        &dir,
+        "--upload-limit",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revflow"))
+        .args(["serve", "runs", "--port", "0"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "serving runs at http://127.0.0.1:PORT/"
+    let url = line.split_whitespace().last().unwrap().to_string();
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The port it took is in use now: a second server on it is refused in one line.
+    refused(
+        &["serve", "runs", "--port", &port.to_string()],
+        &dir,
+        "cannot listen on",
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request =
+        format!("GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"runs\":[]}"), "{answer}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -150,7 +150,7 @@ function requestSamples() {
       temperature,
       seed,
       n: run.kind === 'vector' ? 2000 : 64,
-      class: $('sample-class').value || null,
+      class: (run.conditional && $('sample-class').value) || null,
     },
   });
 }
@@ -293,17 +293,19 @@ const manip = panel('manipulate', 'manipulate', $('manip'), (d) => setImage($('m
 
 function requestManip() {
   const run = state.run;
-  if (!run || run.kind !== 'image' || !(run.classes || []).length) return;
+  const attributes = (run && run.attributes) || [];
+  if (!run || run.kind !== 'image' || !((run.classes || []).length || attributes.length)) return;
   const alpha = Number($('manip-alpha').value);
   $('manip-alpha-value').textContent = alpha.toFixed(1);
+  // A class direction (from → to), or an attribute of the run's attributes.csv.
+  const attribute = $('manip-attribute').value;
+  $('manip-from').disabled = $('manip-to').disabled = Boolean(attribute);
+  const direction = attribute
+    ? { attribute }
+    : { from: $('manip-from').value, to: $('manip-to').value };
   manip({
     run: run.name,
-    body: {
-      input: $('manip-input').value.trim(),
-      from: $('manip-from').value,
-      to: $('manip-to').value,
-      alpha,
-    },
+    body: { input: $('manip-input').value.trim(), ...direction, alpha },
   });
 }
 
@@ -327,11 +329,18 @@ function loadRun() {
   const classes = run.classes || [];
   document.body.classList.toggle('kind-vector', !isImage);
   document.querySelectorAll('.image-only').forEach((el) => { el.hidden = !isImage; });
-  document.querySelectorAll('.needs-classes').forEach((el) => { el.hidden = !classes.length; });
+  // Only a class-conditional model samples a chosen class.
+  document.querySelectorAll('.conditional-only').forEach((el) => { el.hidden = !run.conditional; });
 
   const shape = run.shape ? run.shape.join('×') : `${run.dims} dims`;
-  $('run-info').textContent = `${run.model} · ${run.kind} · ${shape} · ${run.test_size} test examples`;
-  if (run.test_size > 0) $('test-index').max = String(run.test_size - 1);
+  $('run-info').textContent = `${run.model} · ${run.kind} · ${shape}`;
+  // Loads the run on the server (weights, data) and tells the size of its test set.
+  api(`/api/runs/${encodeURIComponent(run.name)}`).then((info) => {
+    if (state.run !== run) return;
+    const bits = info.n_bits ? ` · ${info.n_bits} bits` : '';
+    $('run-info').textContent = `${run.model} · ${run.kind} · ${shape}${bits} · ${info.test_size} test examples`;
+    if (info.test_size > 0) $('test-index').max = String(info.test_size - 1);
+  }, (e) => showError('runs', e.message));
 
   // Clear what belonged to the previous run.
   for (const id of ['samples', 'original', 'decoded', 'interp', 'manip']) resetImage($(id));
@@ -342,8 +351,14 @@ function loadRun() {
   fillSelect($('sample-class'), classes, '', 'any');
   fillSelect($('manip-from'), classes, classes[0]);
   fillSelect($('manip-to'), classes, classes[1] !== undefined ? classes[1] : classes[0]);
-  $('manip-note').hidden = classes.length > 0;
-  for (const id of ['manip-input', 'manip-from', 'manip-to', 'manip-alpha']) $(id).disabled = !classes.length;
+  const attributes = run.attributes || [];
+  // Without classes, only attribute directions exist.
+  if (classes.length) fillSelect($('manip-attribute'), attributes, '', 'between classes');
+  else fillSelect($('manip-attribute'), attributes, attributes[0]);
+  $('manip-attribute-label').hidden = !attributes.length;
+  const directions = classes.length > 0 || attributes.length > 0;
+  $('manip-note').hidden = directions;
+  for (const id of ['manip-input', 'manip-attribute', 'manip-from', 'manip-to', 'manip-alpha']) $(id).disabled = !directions;
 
   requestSamples();
   if (!state.hist.has(run.name)) histogram({ run: run.name, body: undefined });
@@ -406,7 +421,7 @@ function wire() {
   $('use-upload-b').addEventListener('click', () => useUpload('interp-b'));
 
   $('manip-alpha').addEventListener('input', requestManip);
-  for (const id of ['manip-input', 'manip-from', 'manip-to']) $(id).addEventListener('change', requestManip);
+  for (const id of ['manip-input', 'manip-attribute', 'manip-from', 'manip-to']) $(id).addEventListener('change', requestManip);
 }
 
 wire();

@@ -168,6 +168,23 @@ pub async fn list(State(state): Shared) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "runs": runs })))
 }
 
+/// `GET /api/runs/{run}`: the run as listed, with its test set's size and bit depth (loads
+/// the run, which every other request of the page needs).
+pub async fn info(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let listed = name.clone();
+    with_run(&state, name, move |explored| {
+        let run = &explored.run;
+        Ok(Json(json!({
+            "name": listed,
+            "model": run.config.model.name(),
+            "test_size": run.splits()?.test.len(),
+            "n_bits": run.config.model.n_bits(),
+            "dims": run.config.model.dims(),
+        })))
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleRequest {
@@ -203,6 +220,11 @@ pub async fn sample(
         };
         check("n", n as f64, 1.0, most as f64)?;
         let class = request.class.as_deref().map(|c| run.class(c)).transpose()?;
+        if class.is_some() && run.classes() == 0 {
+            return Err(ApiError::bad_request(
+                "class: this run's model is not class-conditional (trained without --ycond)",
+            ));
+        }
         let context = match (run.config.model.context(), &request.context) {
             (Some(c), Some(values)) if values.len() == c.len() => Some(values.as_slice()),
             (Some(c), _) => {
@@ -305,7 +327,8 @@ pub async fn encode(
             "n_bits": run.config.model.n_bits(),
             "max_error": max_error,
             "bits_per_dim": bits_per_dim(log_p, original.len()),
-            "label": inputs.labels[0],
+            // The input's own class, where it has one (not an upload).
+            "label": inputs.rows.classes[0],
         })))
     })
     .await
@@ -378,13 +401,16 @@ pub async fn interpolate(
 #[serde(deny_unknown_fields)]
 pub struct ManipulateRequest {
     input: String,
-    from: String,
-    to: String,
+    /// A class direction, from one class's mean latent to another's …
+    from: Option<String>,
+    to: Option<String>,
+    /// … or an attribute direction, from the run's `attributes.csv`.
+    attribute: Option<String>,
     alpha: f64,
 }
 
-/// `POST /api/runs/{run}/manipulate`: an input moved by `alpha` along the direction from
-/// one class's mean latent to another's.
+/// `POST /api/runs/{run}/manipulate`: an input moved by `alpha` along a class or an
+/// attribute direction in latent space.
 pub async fn manipulate(
     State(state): Shared,
     Path(name): Path<String>,
@@ -395,13 +421,22 @@ pub async fn manipulate(
     with_run(&state, name, move |explored| {
         let run = &explored.run;
         let shape = run.image_shape("manipulate")?;
-        let (from, to) = (run.class(&request.from)?, run.class(&request.to)?);
         let input = input(&request.input)?;
-        let towards = explored.class_mean(to)?;
-        let away = explored.class_mean(from)?;
-        let direction: Vec<_> = (towards.iter().zip(away.iter()))
-            .map(|(a, b)| a.clone() - b.clone())
-            .collect();
+        let direction = match (&request.from, &request.to, &request.attribute) {
+            (Some(from), Some(to), None) => {
+                let (from, to) = (run.class(from)?, run.class(to)?);
+                let (towards, away) = (explored.class_mean(to)?, explored.class_mean(from)?);
+                (towards.iter().zip(away.iter()))
+                    .map(|(a, b)| a.clone() - b.clone())
+                    .collect()
+            }
+            (None, None, Some(attribute)) => explored.attribute_direction(attribute)?.to_vec(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give a direction: from and to (two classes), or attribute",
+                ))
+            }
+        };
         let images = run.manipulate(&input.spec, &direction, &[request.alpha])?;
         Ok(Json(
             json!({"image": png(revflow::pictures::single(&images[0], shape))?}),

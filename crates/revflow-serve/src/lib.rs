@@ -9,6 +9,7 @@
 //! request with a 4xx and one line of JSON.
 
 pub mod api;
+pub mod client;
 pub mod error;
 pub mod guard;
 pub mod runs;
@@ -175,6 +176,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 pub fn router(state: AppState, guard: Guard) -> Router {
     let api = Router::new()
         .route("/api/runs", get(api::list))
+        .route("/api/runs/{run}", get(api::info))
         .route("/api/runs/{run}/sample", post(api::sample))
         .route("/api/runs/{run}/encode", post(api::encode))
         .route("/api/runs/{run}/histogram", get(api::histogram))
@@ -204,6 +206,7 @@ pub fn router(state: AppState, guard: Guard) -> Router {
                 format!("{method} is not allowed here"),
             )
         })
+        .layer(axum::middleware::from_fn(error::as_json))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(guard),
             guard::guard,

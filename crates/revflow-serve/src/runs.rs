@@ -21,22 +21,63 @@ pub struct Explored {
     pub run: TrainedRun,
     /// Every test input's bits/dim, for the histogram.
     pub test_scores: OnceLock<Vec<f64>>,
-    /// Mean latents by class.
-    class_means: Mutex<HashMap<usize, Arc<Vec<Tensor<2>>>>>,
+    /// Mean latents by class ("class 3") and attribute directions ("attribute Smiling").
+    latents: Mutex<HashMap<String, Arc<Vec<Tensor<2>>>>>,
     /// The density picture of a 2-D run (`None` inside for other runs).
     pub density: OnceLock<Option<DensityMap>>,
 }
 
 impl Explored {
-    /// The mean latent of `class`, computed on first use.
-    pub fn class_mean(&self, class: usize) -> ApiResult<Arc<Vec<Tensor<2>>>> {
-        if let Some(mean) = self.class_means.lock().expect("not poisoned").get(&class) {
-            return Ok(mean.clone());
+    /// The latents named `key`, computed by `compute` on first use.
+    fn cached(
+        &self,
+        key: String,
+        compute: impl FnOnce() -> revflow::Result<Vec<Tensor<2>>>,
+    ) -> ApiResult<Arc<Vec<Tensor<2>>>> {
+        if let Some(found) = self.latents.lock().expect("not poisoned").get(&key) {
+            return Ok(found.clone());
         }
-        let mean = Arc::new(self.run.class_mean(class, PER_CLASS)?);
-        let mut means = self.class_means.lock().expect("not poisoned");
-        Ok(means.entry(class).or_insert(mean).clone())
+        let computed = Arc::new(compute()?);
+        let mut latents = self.latents.lock().expect("not poisoned");
+        Ok(latents.entry(key).or_insert(computed).clone())
     }
+
+    /// The mean latent of `class` over up to [`PER_CLASS`] training inputs.
+    pub fn class_mean(&self, class: usize) -> ApiResult<Arc<Vec<Tensor<2>>>> {
+        self.cached(format!("class {class}"), || {
+            self.run.class_mean(class, PER_CLASS)
+        })
+    }
+
+    /// The direction towards `attribute` of the run's `attributes.csv`.
+    pub fn attribute_direction(&self, attribute: &str) -> ApiResult<Arc<Vec<Tensor<2>>>> {
+        let csv = self.run.dir.root.join(ATTRIBUTES);
+        if !csv.is_file() {
+            return Err(ApiError::bad_request(format!(
+                "attribute {attribute:?}: this run has no {ATTRIBUTES} (a `file` column and one \
+                 column per attribute, > 0 meaning present)"
+            )));
+        }
+        self.cached(format!("attribute {attribute}"), || {
+            self.run.attribute_direction(&csv, attribute, PER_CLASS)
+        })
+    }
+}
+
+/// The file of a run's attributes, beside its config: a `file` column (paths relative to
+/// it) and one column per attribute (CelebA's `list_attr_celeba` converted to CSV works).
+pub const ATTRIBUTES: &str = "attributes.csv";
+
+/// The attribute columns of a run's `attributes.csv` (none without one).
+fn attributes(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join(ATTRIBUTES)) else {
+        return Vec::new();
+    };
+    let header = text.lines().next().unwrap_or_default();
+    (header.split(','))
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.eq_ignore_ascii_case("file"))
+        .collect()
 }
 
 /// What the page lists of a run, from its config alone.
@@ -48,7 +89,12 @@ pub struct RunInfo {
     pub kind: &'static str,
     pub shape: Option<[usize; 3]>,
     pub dims: usize,
+    /// The data's class names (directions between classes need them).
     pub classes: Vec<String>,
+    /// Whether the model is conditioned on the class (samples can be of one class).
+    pub conditional: bool,
+    /// The columns of the run's `attributes.csv`: directions to manipulate along.
+    pub attributes: Vec<String>,
     pub context: Option<Vec<String>>,
     pub data: String,
 }
@@ -123,6 +169,8 @@ impl Runs {
                     shape: m.image_shape(),
                     dims: m.dims(),
                     classes: config.class_names.clone(),
+                    conditional: m.classes() > 0,
+                    attributes: attributes(&self.root.join(&name)),
                     context: m.context().map(|c| c.columns.clone()),
                     data: config.data.clone(),
                     name,
@@ -141,7 +189,7 @@ impl Runs {
         let run = Arc::new(Explored {
             run: TrainedRun::open(&dir, self.device.clone())?,
             test_scores: OnceLock::new(),
-            class_means: Mutex::new(HashMap::new()),
+            latents: Mutex::new(HashMap::new()),
             density: OnceLock::new(),
         });
         let mut loaded = self.loaded.lock().expect("not poisoned");

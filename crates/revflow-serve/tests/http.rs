@@ -7,12 +7,27 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use common::*;
+use revflow::models::{GlowConfig, ModelConfig};
+use revflow_serve::client::{get, post, request, Response};
 use serde_json::json;
 
 /// One server over two small trained runs, shared by the tests of this file.
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| serve(&runs("http"), |c| c))
+    *ADDR.get_or_init(|| {
+        let root = runs("http");
+        // A class-conditional Glow too, for samples of one class.
+        let glow = GlowConfig {
+            levels: 2,
+            depth: 1,
+            hidden: 8,
+            classes: 10,
+            ..GlowConfig::default()
+        };
+        train(&root, "ycond", "digits", ModelConfig::Glow(glow), 20);
+        write_attributes(&root.join("digits"));
+        serve(&root, |c| c)
+    })
 }
 
 fn sample(addr: SocketAddr, body: serde_json::Value) -> Vec<u8> {
@@ -45,11 +60,17 @@ fn runs_are_listed_with_their_kind_and_classes() {
     let runs = get(server(), "/api/runs").json();
     let runs = runs["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["digits", "moons"]);
+    assert_eq!(names, ["digits", "moons", "ycond"]);
+    assert_eq!(runs[2]["conditional"], true);
     assert_eq!(runs[0]["kind"], "image");
     assert_eq!(runs[0]["shape"], json!([1, 8, 8]));
     assert_eq!(runs[0]["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(runs[0]["conditional"], false);
     assert_eq!(runs[1]["kind"], "vector");
+    let info = get(server(), "/api/runs/digits").json();
+    assert_eq!(info["n_bits"], 8);
+    let test = get(server(), "/api/runs/digits/histogram").json()["n"].clone();
+    assert_eq!(info["test_size"], test);
 }
 
 #[test]
@@ -76,6 +97,87 @@ fn samples_follow_the_temperature_and_reproduce_under_concurrent_requests() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(grids.iter().all(|g| *g == warm));
+}
+
+/// An `attributes.csv` for the digits run: 40 test digits as PNG files, `round` present on
+/// 0, 6, 8 and 9.
+fn write_attributes(run: &std::path::Path) {
+    let splits = revflow::data::load("digits", None, 0, 0).unwrap();
+    let revflow::data::Data::Images(test) = &splits.test else {
+        panic!("digits are images")
+    };
+    std::fs::create_dir_all(run.join("attr")).unwrap();
+    let mut csv = String::from("file,round\n");
+    for k in 0..40 {
+        std::fs::write(run.join(format!("attr/{k}.png")), digit_png(k)).unwrap();
+        let round = [0, 6, 8, 9].contains(&test.labels[k]);
+        csv += &format!("attr/{k}.png,{}\n", if round { 1 } else { -1 });
+    }
+    std::fs::write(run.join("attributes.csv"), csv).unwrap();
+}
+
+#[test]
+fn manipulation_follows_an_attribute_of_the_runs_csv() {
+    let addr = server();
+    let runs = get(addr, "/api/runs").json();
+    assert_eq!(runs["runs"][0]["attributes"], json!(["round"]));
+    assert_eq!(runs["runs"][2]["attributes"], json!([]));
+    let moved = |alpha: f64| {
+        let body = json!({"input": "test:2", "attribute": "round", "alpha": alpha});
+        let r = post(addr, "/api/runs/digits/manipulate", body);
+        assert_eq!(r.status, 200, "{}", r.error());
+        data_url_pixels(r.json()["image"].as_str().unwrap()).2
+    };
+    let input = post(addr, "/api/runs/digits/encode", json!({"input": "test:2"})).json();
+    assert_eq!(
+        moved(0.0),
+        data_url_pixels(input["original"].as_str().unwrap()).2
+    );
+    assert_ne!(moved(1.5), moved(0.0));
+    for (run, body, needle) in [
+        (
+            "digits",
+            json!({"input": "test:0", "attribute": "square", "alpha": 1}),
+            "has no column \"square\"",
+        ),
+        (
+            "ycond",
+            json!({"input": "test:0", "attribute": "round", "alpha": 1}),
+            "no attributes.csv",
+        ),
+        (
+            "digits",
+            json!({"input": "test:0", "from": "0", "to": "1", "attribute": "round", "alpha": 1}),
+            "give a direction",
+        ),
+        (
+            "digits",
+            json!({"input": "test:0", "alpha": 1}),
+            "give a direction",
+        ),
+    ] {
+        let r = post(addr, &format!("/api/runs/{run}/manipulate"), body);
+        assert_eq!(r.status, 400);
+        assert!(
+            r.error().contains(needle),
+            "{:?} lacks {needle:?}",
+            r.error()
+        );
+    }
+}
+
+#[test]
+fn a_class_conditional_run_samples_the_class_asked_for() {
+    let addr = server();
+    let grid = |class: &str| {
+        let body = json!({"class": class, "n": 9, "temperature": 0.5});
+        let r = post(addr, "/api/runs/ycond/sample", body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        data_url_pixels(r.json()["image"].as_str().unwrap()).2
+    };
+    // The same latents (seed 0) under two classes: two different grids.
+    assert_ne!(grid("3"), grid("5"));
+    assert_eq!(grid("3"), grid("3"));
 }
 
 #[test]
@@ -180,6 +282,8 @@ fn bad_requests_get_a_4xx_and_one_line_of_json() {
             404,
             "no run \"nope\"",
         ),
+        (get(addr, "/api/runs/nope"), 404, "no run \"nope\""),
+        (get(addr, "/api/runs/%FF/histogram"), 400, "UTF-8"),
         (
             get(addr, "/api/runs/..%2F..%2Fetc/histogram"),
             400,
@@ -307,6 +411,7 @@ fn bad_requests_get_a_4xx_and_one_line_of_json() {
             String::from_utf8_lossy(&response.body)
         );
         let error = response.error();
+        assert!(!error.contains('\n'), "one line: {error:?}");
         assert!(error.contains(needle), "{error:?} lacks {needle:?}");
     }
     // The server is still up.
@@ -501,16 +606,7 @@ fn bomb_png(side: u32) -> Vec<u8> {
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
 }
