@@ -33,7 +33,9 @@ function runPath(run, action) {
   return `/api/runs/${encodeURIComponent(run)}/${action}`;
 }
 
-async function api(path, body) {
+// Sends a request with the token header and returns the response; throws
+// with the server's own message when it fails.
+async function send(path, body) {
   const opts = { method: body === undefined ? 'GET' : 'POST', headers: {} };
   if (TOKEN !== null) opts.headers['X-Revflow-Token'] = TOKEN;
   if (body !== undefined) {
@@ -56,6 +58,11 @@ async function api(path, body) {
     if (res.status === 503 && retry) message += ` (retry in ${retry} s)`;
     throw new Error(message);
   }
+  return res;
+}
+
+async function api(path, body) {
+  const res = await send(path, body);
   try {
     return await res.json();
   } catch (_) {
@@ -384,6 +391,340 @@ async function loadRuns() {
   loadRun();
 }
 
+// ---------- Watch training ----------
+
+// Chart/CSV id suffix -> metric key in the run's metrics.jsonl.
+const METRICS = [
+  { id: 'loss', key: 'loss' },
+  { id: 'bits', key: 'bits_per_dim' },
+  { id: 'test', key: 'test_bits_per_dim' },
+  { id: 'lr', key: 'lr' },
+];
+const PALETTE = ['#3a5f8a', '#d1495b', '#2e8b57', '#e08a1e', '#7b4fa3', '#1b9aaa', '#8c6d31', '#555555'];
+
+const watch = {
+  active: false,     // the watch view is shown, so its connections are open
+  listed: false,     // the run list was read once
+  runs: new Map(),   // checked run name -> its series, connection and panels
+};
+
+const runBoxes = () => [...$('watch-runs').querySelectorAll('input[type="checkbox"]')];
+const checkedRuns = () => runBoxes().filter((b) => b.checked).map((b) => b.value);
+const emptySeries = () => Object.fromEntries(METRICS.map((m) => [m.key, []]));
+
+// A run's colour follows its place in the list, so it matches in every chart.
+function runColour(name) {
+  const i = runBoxes().findIndex((b) => b.value === name);
+  return PALETTE[Math.max(0, i) % PALETTE.length];
+}
+
+// Adds a checkbox for each run not listed yet; checked boxes stay checked.
+async function loadWatchRuns() {
+  let data;
+  try {
+    data = await api('/api/runs');
+  } catch (e) {
+    showError('watch', e.message);
+    renderStatus();
+    return;
+  }
+  clearError('watch');
+  const known = new Set(runBoxes().map((b) => b.value));
+  const first = known.size === 0;
+  (data.runs || []).forEach((run, i) => {
+    if (known.has(run.name)) return;
+    const input = document.createElement('input');
+    input.type = 'checkbox';
+    input.value = run.name;
+    input.checked = first && i === 0;  // watch the first run by default
+    input.addEventListener('change', syncWatched);
+    const label = document.createElement('label');
+    label.append(input, ` ${run.name}`);
+    $('watch-runs').append(label);
+  });
+  syncWatched();
+}
+
+// Brings panels and connections in line with the checked boxes and the view
+// shown: an unchecked run loses its panels, a hidden view its connections.
+function syncWatched() {
+  const checked = checkedRuns();
+  for (const [name, w] of watch.runs) {
+    if (checked.includes(name)) continue;
+    disconnect(w);
+    w.figure.remove();
+    w.details.remove();
+    clearError(`config ${name}`);
+    watch.runs.delete(name);
+  }
+  for (const name of checked) {
+    if (!watch.runs.has(name)) watch.runs.set(name, addRun(name));
+    const w = watch.runs.get(name);
+    if (watch.active && !w.source) connect(w);
+    if (!watch.active) disconnect(w);
+  }
+  renderStatus();
+  scheduleDraw();
+}
+
+// The run's samples figure and config, fetched once per check.
+function addRun(name) {
+  const img = document.createElement('img');
+  img.className = 'watch-samples';
+  img.dataset.run = name;
+  img.alt = `latest samples of ${name}`;
+  const caption = document.createElement('figcaption');
+  const figure = document.createElement('figure');
+  figure.append(img, caption);
+  $('watch-samples').append(figure);
+
+  const summary = document.createElement('summary');
+  summary.textContent = name;
+  const pre = document.createElement('pre');
+  pre.textContent = 'loading…';
+  const details = document.createElement('details');
+  details.append(summary, pre);
+  $('watch-config').append(details);
+  api(runPath(name, 'config')).then(
+    (d) => { pre.textContent = JSON.stringify(d.config, null, 2); },
+    (e) => {
+      pre.textContent = '';
+      showError(`config ${name}`, `config of ${name}: ${e.message}`);
+    });
+
+  const w = { name, source: null, state: 'connecting', series: emptySeries(), step: null, checkpoint: null, img, caption, figure, details };
+  renderCaption(w);
+  return w;
+}
+
+function renderCaption(w) {
+  const step = w.step === null ? 'no samples yet' : `step ${w.step}`;
+  const checkpoint = w.checkpoint === null ? '' : ` · checkpoint ${w.checkpoint}`;
+  w.caption.textContent = `${w.name} — ${step}${checkpoint}`;
+}
+
+// EventSource cannot send headers, so the token travels in the query.
+function connect(w) {
+  w.series = emptySeries();  // a new connection re-sends the whole file
+  w.state = 'connecting';
+  const url = runPath(w.name, 'watch') + (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : '');
+  const source = new EventSource(url);
+  w.source = source;
+  const on = (type, handle) => source.addEventListener(type, (e) => {
+    let data;
+    try { data = JSON.parse(e.data); } catch (_) { return; }  // not JSON: ignore
+    handle(data);
+  });
+  on('metrics', (lines) => {
+    for (const line of lines) append(w, line);
+    clearError(`watch ${w.name}`);  // a passing read problem is over
+    w.state = 'live';
+    renderStatus();
+    scheduleDraw();
+  });
+  on('reset', () => { w.series = emptySeries(); scheduleDraw(); });
+  on('samples', (d) => {
+    w.step = d.step;
+    w.img.src = d.image;
+    w.img.dataset.step = String(d.step);
+    renderCaption(w);
+  });
+  on('checkpoint', (d) => { w.checkpoint = d.step; renderCaption(w); });
+  // The server could not read the run's files (the stream goes on).
+  on('problem', (d) => showError(`watch ${w.name}`, `${w.name}: ${d.error}`));
+  source.onopen = () => { w.state = 'live'; renderStatus(); };
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // Refused (not a dropped stream): the browser will not retry; the next
+      // sync (refresh, checkbox, view switch) will.
+      w.state = 'stopped';
+      w.source = null;
+      showError(`watch ${w.name}`, `live updates of ${w.name} stopped: the server refused them`);
+    } else {
+      w.state = 'lost';  // EventSource reconnects by itself
+    }
+    renderStatus();
+  };
+}
+
+function disconnect(w) {
+  if (w.source) w.source.close();
+  w.source = null;
+  clearError(`watch ${w.name}`);
+}
+
+// Appends each metric of one metrics.jsonl line. A step not past the last one
+// is a line re-sent after an automatic reconnect: skipped.
+function append(w, line) {
+  if (typeof line.step !== 'number') return;
+  for (const { key } of METRICS) {
+    const value = line[key];
+    const s = w.series[key];
+    if (typeof value !== 'number' || (s.length && line.step <= s[s.length - 1][0])) continue;
+    s.push([line.step, value]);
+  }
+}
+
+function renderStatus() {
+  const all = [...watch.runs.values()];
+  const n = all.length;
+  const any = (state) => all.some((w) => w.state === state);
+  $('watch-status').textContent =
+    !runBoxes().length ? 'no runs listed: refresh the list once training has started'
+    : n === 0 ? 'no run checked'
+    : any('lost') ? 'connection lost, reconnecting…'
+    : any('stopped') ? 'live updates stopped'
+    : `${n} run${n === 1 ? '' : 's'} · ${any('connecting') ? 'connecting…' : 'live'}`;
+}
+
+// Events can come in bursts: draw at most four times a second.
+let drawTimer = null;
+function scheduleDraw() {
+  if (drawTimer !== null) return;
+  drawTimer = setTimeout(() => {
+    drawTimer = null;
+    drawCharts();
+  }, 250);
+}
+
+function drawCharts() {
+  const runs = [...watch.runs.values()];
+  for (const { id, key } of METRICS) {
+    drawChart($(`chart-${id}`), runs.map((w) => ({ name: w.name, colour: runColour(w.name), points: w.series[key] })));
+  }
+}
+
+// Lowest and highest value; a flat series gets some room around it.
+// (A loop, not Math.min(...v): long runs can exceed the argument limit.)
+function extent(values) {
+  let lo = Infinity, hi = -Infinity;
+  for (const v of values) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  if (lo < hi) return [lo, hi];
+  const room = Math.abs(lo) * 0.1 || 1;
+  return [lo - room, hi + room];
+}
+
+// Axis labels: 3 significant digits, an exponent for tiny or huge values (lr).
+function fmt(v) {
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-2 || a >= 1e5) ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
+// One line per run (x = step), a legend on top, min/max labels on both axes.
+function drawChart(canvas, lines) {
+  const g = canvas.getContext('2d');
+  const W = canvas.width, H = canvas.height;
+  const pad = { l: 58, r: 14, t: 24, b: 22 };
+  const pw = W - pad.l - pad.r, ph = H - pad.t - pad.b;
+  g.clearRect(0, 0, W, H);
+  g.font = '12px system-ui, sans-serif';
+  const points = lines.flatMap((l) => l.points);
+  canvas.dataset.points = String(points.length);  // tests read it
+  if (!points.length) {
+    g.fillStyle = '#888';
+    g.textAlign = 'center';
+    g.fillText('no data yet', W / 2, H / 2);
+    return;
+  }
+
+  const [x0, x1] = extent(points.map((p) => p[0]));
+  const [y0, y1] = extent(points.map((p) => p[1]));
+  const X = (x) => pad.l + ((x - x0) / (x1 - x0)) * pw;
+  const Y = (y) => pad.t + ph - ((y - y0) / (y1 - y0)) * ph;
+
+  g.fillStyle = '#444';
+  g.fillRect(pad.l, pad.t, 1, ph);
+  g.fillRect(pad.l, pad.t + ph, pw, 1);
+  g.textAlign = 'right';
+  g.textBaseline = 'top';
+  g.fillText(fmt(y1), pad.l - 4, pad.t);
+  g.textBaseline = 'bottom';
+  g.fillText(fmt(y0), pad.l - 4, pad.t + ph);
+  g.textBaseline = 'alphabetic';
+  g.fillText(String(Math.round(x1)), W - pad.r, H - 6);
+  g.textAlign = 'left';
+  g.fillText(String(Math.round(x0)), pad.l, H - 6);
+  g.textAlign = 'center';
+  g.fillText('step', pad.l + pw / 2, H - 6);
+
+  let lx = pad.l;
+  g.textAlign = 'left';
+  g.lineWidth = 1.5;
+  for (const { name, colour, points: p } of lines) {
+    g.strokeStyle = g.fillStyle = colour;
+    g.fillRect(lx, 9, 12, 3);
+    g.fillText(name, lx + 16, 15);
+    lx += 28 + g.measureText(name).width;
+    if (!p.length) continue;
+    if (p.length === 1) g.fillRect(X(p[0][0]) - 2, Y(p[0][1]) - 2, 4, 4);  // a lone point is a dot
+    g.beginPath();
+    g.moveTo(X(p[0][0]), Y(p[0][1]));
+    for (const [x, y] of p) g.lineTo(X(x), Y(y));
+    g.stroke();
+  }
+}
+
+// Fetches one metric as CSV for every checked run and saves RUN-KEY.csv.
+async function downloadCsv(key) {
+  const runs = checkedRuns();
+  if (!runs.length) {
+    showError('csv', 'check a run to download its CSV');
+    return;
+  }
+  const failed = [];
+  for (const run of runs) {
+    try {
+      const res = await send(`${runPath(run, 'curve.csv')}?metric=${encodeURIComponent(key)}`);
+      saveFile(new Blob([await res.text()], { type: 'text/csv' }), `${run}-${key}.csv`);
+    } catch (e) {
+      failed.push(`CSV of ${run}: ${e.message}`);
+    }
+  }
+  if (failed.length) showError('csv', failed.join('\n'));
+  else clearError('csv');
+}
+
+function saveFile(blob, filename) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  // Revoking at once can cancel the download in some browsers.
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+// ---------- views ----------
+
+let view = null;
+let exploreStarted = false;
+
+const viewFromHash = () => (location.hash === '#watch' ? 'watch' : 'explore');
+
+function showView(name) {
+  if (name === view) return;
+  view = name;
+  const watching = name === 'watch';
+  $('view-explore').hidden = watching;
+  $('view-watch').hidden = !watching;
+  $('tab-explore').classList.toggle('active', !watching);
+  $('tab-watch').classList.toggle('active', watching);
+  document.querySelectorAll('.explore-only').forEach((el) => { el.hidden = watching; });
+  // Explore loads its run on the server, so only once it is first shown.
+  if (!watching && !exploreStarted) {
+    exploreStarted = true;
+    loadRuns();
+  }
+  watch.active = watching;
+  if (watching && !watch.listed) {
+    watch.listed = true;
+    loadWatchRuns();
+  } else {
+    syncWatched();  // closes connections on leaving, reopens on return
+  }
+}
+
 // ---------- wiring ----------
 
 function wire() {
@@ -422,8 +763,15 @@ function wire() {
 
   $('manip-alpha').addEventListener('input', requestManip);
   for (const id of ['manip-input', 'manip-attribute', 'manip-from', 'manip-to']) $(id).addEventListener('change', requestManip);
+
+  $('tab-explore').addEventListener('click', () => { showView('explore'); location.hash = ''; });
+  $('tab-watch').addEventListener('click', () => { showView('watch'); location.hash = '#watch'; });
+  window.addEventListener('hashchange', () => showView(viewFromHash()));
+  $('watch-refresh').addEventListener('click', loadWatchRuns);
+  for (const { id, key } of METRICS) $(`csv-${id}`).addEventListener('click', () => downloadCsv(key));
 }
 
 wire();
 drawHistogram();
-loadRuns();
+drawCharts();
+showView(viewFromHash());

@@ -32,6 +32,8 @@ pub struct AppState {
     pub queue: usize,
     /// Largest request body, uploads included.
     pub upload_limit: usize,
+    /// Watch streams open at once; past it, 503.
+    pub watchers: Arc<Semaphore>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -64,6 +66,17 @@ async fn with_run<T: Send + 'static>(
     })?
 }
 
+/// Runs `work` (file reads, no model) on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
 /// The request body as JSON of type `T`, refused past the upload limit.
 async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
     let bytes = to_bytes(body, state.upload_limit).await.map_err(|_| {
@@ -77,6 +90,23 @@ async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResu
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))
+}
+
+/// A PNG file as a data URL, if it is complete (it ends with its IEND chunk).
+pub fn png_file(path: &std::path::Path) -> ApiResult<String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    if !bytes.ends_with(b"IEND\xaeB`\x82") {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{} is not a complete PNG file", path.display()),
+        ));
+    }
+    Ok(format!("data:image/png;base64,{}", STANDARD.encode(bytes)))
 }
 
 /// A picture as a PNG data URL.
@@ -161,10 +191,7 @@ fn check(name: &str, value: f64, lo: f64, hi: f64) -> ApiResult<()> {
 
 /// `GET /api/runs`: every run of the folder.
 pub async fn list(State(state): Shared) -> ApiResult<Json<Value>> {
-    let s = state.clone();
-    let runs = tokio::task::spawn_blocking(move || s.runs.list())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let runs = blocking(&state, |state| state.runs.list()).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 
@@ -180,6 +207,7 @@ pub async fn info(State(state): Shared, Path(name): Path<String>) -> ApiResult<J
             "test_size": run.splits()?.test.len(),
             "n_bits": run.config.model.n_bits(),
             "dims": run.config.model.dims(),
+            "step": explored.step,
         })))
     })
     .await

@@ -118,3 +118,66 @@ pub fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> Response {
         body.as_bytes(),
     )
 }
+
+/// A stream of server-sent events (`GET` of an event-stream endpoint), read as they come.
+pub struct EventStream {
+    reader: std::io::BufReader<TcpStream>,
+    /// Decoded bytes not yet returned as events.
+    pending: String,
+}
+
+impl EventStream {
+    /// Opens `path`; each read waits at most `timeout` for the next bytes.
+    pub fn open(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> EventStream {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut status = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut status).unwrap();
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        // The headers, up to the blank line; the body comes in chunks.
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+        }
+        EventStream {
+            reader,
+            pending: String::new(),
+        }
+    }
+
+    /// The next event: its name and its data as JSON (comments and keep-alives skipped).
+    pub fn next_event(&mut self) -> (String, serde_json::Value) {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data += v.trim_start();
+                    }
+                }
+                if !data.is_empty() {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            // One chunk: its size in hex, the bytes, CRLF.
+            let mut size = String::new();
+            std::io::BufRead::read_line(&mut self.reader, &mut size).expect("the next chunk");
+            let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+            assert!(size > 0, "the event stream ended");
+            let mut bytes = vec![0; size + 2];
+            self.reader.read_exact(&mut bytes).unwrap();
+            self.pending += &String::from_utf8_lossy(&bytes[..size]);
+        }
+    }
+}

@@ -68,7 +68,10 @@ impl Guard {
             }
         }
         if let (Some(token), true) = (&self.token, request.uri().path().starts_with("/api/")) {
-            if text(TOKEN_HEADER) != Some(token.as_str()) {
+            // A page's EventSource cannot send headers: it gives the token in the query.
+            let in_query = (request.uri().query().unwrap_or_default().split('&'))
+                .any(|pair| pair.strip_prefix("token=") == Some(token.as_str()));
+            if text(TOKEN_HEADER) != Some(token.as_str()) && !in_query {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this server needs its token: open the address it printed at start \

@@ -13,6 +13,7 @@ pub mod client;
 pub mod error;
 pub mod guard;
 pub mod runs;
+pub mod watch;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ use api::AppState;
 use error::ApiError;
 use guard::Guard;
 use runs::Runs;
+
+/// Watch streams (live training curves) open at once.
+const WATCHERS: usize = 64;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -124,6 +128,7 @@ impl Server {
                 jobs: Arc::new(Semaphore::new(config.queue)),
                 queue: config.queue,
                 upload_limit: config.upload_limit,
+                watchers: Arc::new(Semaphore::new(WATCHERS)),
             },
             guard,
         );
@@ -182,6 +187,9 @@ pub fn router(state: AppState, guard: Guard) -> Router {
         .route("/api/runs/{run}/histogram", get(api::histogram))
         .route("/api/runs/{run}/interpolate", post(api::interpolate))
         .route("/api/runs/{run}/manipulate", post(api::manipulate))
+        .route("/api/runs/{run}/config", get(watch::config))
+        .route("/api/runs/{run}/curve.csv", get(watch::curve))
+        .route("/api/runs/{run}/watch", get(watch::watch))
         .with_state(Arc::new(state));
     Router::new()
         .route(

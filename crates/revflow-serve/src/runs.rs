@@ -19,6 +19,8 @@ pub const PER_CLASS: usize = 200;
 /// One loaded run and what its requests share.
 pub struct Explored {
     pub run: TrainedRun,
+    /// The step of the checkpoint loaded.
+    pub step: Option<usize>,
     /// Every test input's bits/dim, for the histogram.
     pub test_scores: OnceLock<Vec<f64>>,
     /// Mean latents by class ("class 3") and attribute directions ("attribute Smiling").
@@ -179,20 +181,27 @@ impl Runs {
             .collect())
     }
 
-    /// The run `name`, loaded on first use. Loading happens outside the lock (it takes a
-    /// while), so two first requests may both load; the first one kept wins.
+    /// The run `name`, loaded on first use and again when a newer checkpoint has replaced
+    /// the one loaded (a run still training; the library reads checkpoints consistently
+    /// while they are swapped). Loading happens outside the lock, since it takes a while.
     pub fn get(&self, name: &str) -> ApiResult<Arc<Explored>> {
         let dir = self.dir(name)?;
+        let step = RunDir::new(&dir).current_step();
         if let Some(run) = self.loaded.lock().expect("not poisoned").get(name) {
-            return Ok(run.clone());
+            if run.step == step {
+                return Ok(run.clone());
+            }
         }
+        let run = TrainedRun::open(&dir, self.device.clone())?;
         let run = Arc::new(Explored {
-            run: TrainedRun::open(&dir, self.device.clone())?,
+            step: run.dir.current_step(),
+            run,
             test_scores: OnceLock::new(),
             latents: Mutex::new(HashMap::new()),
             density: OnceLock::new(),
         });
         let mut loaded = self.loaded.lock().expect("not poisoned");
-        Ok(loaded.entry(name.to_string()).or_insert(run).clone())
+        loaded.insert(name.to_string(), run.clone());
+        Ok(run)
     }
 }

@@ -19,6 +19,8 @@ use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use revflow::models::{GlowConfig, ModelConfig};
+use revflow::training::TrainConfig;
 use serde_json::json;
 
 /// chromedriver on a free port, stopped when dropped.
@@ -170,7 +172,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 #[test]
-fn the_page_samples_encodes_interpolates_and_manipulates_in_chromium() {
+fn the_page_explores_runs_and_watches_one_train_in_chromium() {
     if std::env::var_os("REVFLOW_TEST_BROWSER").is_none() {
         return;
     }
@@ -185,12 +187,12 @@ fn the_page_samples_encodes_interpolates_and_manipulates_in_chromium() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(drive(addr, driver.port, &temp("browser-files")));
+        .block_on(drive(addr, driver.port, &root, &temp("browser-files")));
 }
 
 /// Drives the page of the server at `addr` (runs `digits` and `moons`) through chromedriver
 /// on `port`; `scratch` holds the uploaded files and the browser's profile.
-async fn drive(addr: SocketAddr, port: u16, scratch: &Path) {
+async fn drive(addr: SocketAddr, port: u16, root: &Path, scratch: &Path) {
     let profile = scratch.join("chromium-profile");
     let mut options = json!({"args": [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -329,6 +331,89 @@ async fn drive(addr: SocketAddr, port: u16, scratch: &Path) {
     if let Some(dir) = std::env::var_os("REVFLOW_SCREENSHOTS") {
         let shot = c.screenshot().await.unwrap();
         std::fs::write(Path::new(&dir).join("vector.png"), shot).unwrap();
+    }
+
+    // Watch training: a run that starts now appears, and its curve grows while it trains.
+    let trainer = {
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            let glow = GlowConfig {
+                levels: 1,
+                depth: 1,
+                hidden: 8,
+                ..GlowConfig::default()
+            };
+            let train = TrainConfig {
+                steps: 300,
+                batch_size: 16,
+                eval_every: 100,
+                checkpoint_every: 100,
+                ..TrainConfig::default()
+            };
+            // A pause at each evaluation, so that the page sees the run in several states.
+            let slow = |_: usize| std::thread::sleep(Duration::from_millis(1000));
+            train_run(
+                &root,
+                "live",
+                "digits",
+                ModelConfig::Glow(glow),
+                train,
+                false,
+                &slow,
+            );
+        })
+    };
+    c.find(Locator::Id("tab-watch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !root.join("live/config.json").exists() {
+        assert!(started.elapsed() < PATIENCE, "training did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.find(Locator::Id("watch-refresh"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let live = "#watch-runs input[value='live']";
+    until(&c, &format!("document.querySelector(\"{live}\")")).await;
+    // Only the live run: its points alone on the charts.
+    js(
+        &c,
+        "document.querySelectorAll('#watch-runs input:checked').forEach((b) => b.click());",
+    )
+    .await;
+    c.find(Locator::Css(live))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let points = "Number(document.getElementById('chart-loss').dataset.points || 0)";
+    until(&c, &format!("{points} > 0")).await;
+    let first = js(&c, &format!("return {points};")).await.as_u64().unwrap();
+    assert!(first < 300, "the page saw the run only once it was done");
+    until(&c, &format!("{points} > {first}")).await;
+    trainer.join().unwrap();
+    until(&c, &format!("{points} === 300")).await;
+    until(
+        &c,
+        "document.querySelector('img.watch-samples[data-run=\"live\"]')?.dataset.step === '300'",
+    )
+    .await;
+    until(
+        &c,
+        "Number(document.getElementById('chart-test').dataset.points) === 3",
+    )
+    .await;
+    if let Some(dir) = std::env::var_os("REVFLOW_SCREENSHOTS") {
+        let shot = c.screenshot().await.unwrap();
+        std::fs::write(Path::new(&dir).join("watch.png"), shot).unwrap();
     }
     c.close().await.unwrap();
 }

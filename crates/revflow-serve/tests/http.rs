@@ -610,3 +610,123 @@ fn crc32(bytes: &[u8]) -> u32 {
     crc.update(bytes);
     crc.sum()
 }
+
+#[test]
+fn a_run_is_watched_live_while_it_trains_and_again_when_it_resumes() {
+    use revflow::training::TrainConfig;
+    use revflow_serve::client::EventStream;
+    use std::time::{Duration, Instant};
+    let root = temp("watch");
+    let addr = serve(&root, |c| c);
+    let glow = GlowConfig {
+        levels: 1,
+        depth: 1,
+        hidden: 8,
+        ..GlowConfig::default()
+    };
+    let config = |steps| TrainConfig {
+        steps,
+        batch_size: 16,
+        eval_every: 100,
+        checkpoint_every: 100,
+        ..TrainConfig::default()
+    };
+    // A pause after each sample picture, so that the watcher sees the run in several states
+    // however fast this machine trains.
+    let slow = |_: usize| std::thread::sleep(Duration::from_millis(700));
+    let trainer = {
+        let (root, glow) = (root.clone(), glow.clone());
+        std::thread::spawn(move || {
+            train_run(
+                &root,
+                "live",
+                "digits",
+                ModelConfig::Glow(glow),
+                config(300),
+                false,
+                &slow,
+            )
+        })
+    };
+    let started = Instant::now();
+    while !root.join("live/config.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut events = EventStream::open(addr, "/api/runs/live/watch", Duration::from_secs(60));
+    // Every event until the checkpoint of step `last`: (metrics events, steps seen, event names).
+    let mut follow = |last: u64| {
+        let (mut batches, mut steps, mut names) = (0, Vec::new(), Vec::new());
+        loop {
+            let (name, data) = events.next_event();
+            match name.as_str() {
+                "metrics" => {
+                    batches += 1;
+                    let lines = data.as_array().unwrap();
+                    steps.extend(
+                        lines
+                            .iter()
+                            .filter(|l| l.get("loss").is_some())
+                            .map(|l| l["step"].as_u64().unwrap()),
+                    );
+                }
+                "reset" => steps.clear(),
+                "samples" => assert!(data["image"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("data:image/png;base64,")),
+                "checkpoint" | "problem" => {}
+                other => panic!("unexpected event {other}"),
+            }
+            names.push((name.clone(), data.get("step").and_then(|s| s.as_u64())));
+            if name == "checkpoint" && data["step"] == last {
+                return (batches, steps, names);
+            }
+        }
+    };
+    let (batches, steps, names) = follow(300);
+    trainer.join().unwrap();
+    assert!(
+        batches >= 2,
+        "the curve arrived in {batches} piece(s), not live"
+    );
+    assert_eq!(
+        steps,
+        (1..=300).collect::<Vec<u64>>(),
+        "each training line once, in order"
+    );
+    assert!(names.contains(&("samples".into(), Some(300))), "{names:?}");
+    assert!(
+        names.contains(&("checkpoint".into(), Some(100))),
+        "{names:?}"
+    );
+    // The explore view loads the newest checkpoint.
+    assert_eq!(get(addr, "/api/runs/live").json()["step"], 300);
+    let csv = String::from_utf8(get(addr, "/api/runs/live/curve.csv?metric=loss").body).unwrap();
+    assert_eq!(csv.lines().count(), 301);
+    assert!(csv.starts_with("step,loss\n1,"));
+    let r = get(addr, "/api/runs/live/curve.csv?metric=temperature");
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("not one of loss"));
+    let config_json = get(addr, "/api/runs/live/config").json();
+    assert_eq!(config_json["config"]["train"]["steps"], 300);
+
+    // A resume rewrites metrics.jsonl: the watcher is told to start again, then gets the
+    // whole curve to the new end.
+    train_run(
+        &root,
+        "live",
+        "digits",
+        ModelConfig::Glow(glow),
+        config(400),
+        true,
+        &|_| {},
+    );
+    let (_, steps, names) = follow(400);
+    assert!(names.iter().any(|(n, _)| n == "reset"), "{names:?}");
+    assert_eq!(steps, (1..=400).collect::<Vec<u64>>());
+    assert_eq!(get(addr, "/api/runs/live").json()["step"], 400);
+}

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use revflow::burn::tensor::Device;
 use revflow::data::{self, Data};
 use revflow::models::{GlowConfig, ModelConfig, VectorFlowConfig};
+use revflow::pictures::save_png;
+use revflow::trained::sample_picture;
 use revflow::training::{Run, RunConfig, RunDir, TrainConfig};
 use revflow_serve::{ServeConfig, Server};
 
@@ -20,32 +22,55 @@ pub fn temp(name: &str) -> PathBuf {
 }
 
 pub fn train(root: &Path, name: &str, data: &str, model: ModelConfig, steps: usize) {
+    let train = TrainConfig {
+        steps,
+        batch_size: 32,
+        eval_every: steps,
+        checkpoint_every: steps,
+        ..TrainConfig::default()
+    };
+    train_run(root, name, data, model, train, false, &|_| {});
+}
+
+/// Trains `model` on `data` into `root/name` (or resumes it to `train.steps`), drawing a
+/// sample picture at each evaluation, after which it calls `after_samples` with the step.
+pub fn train_run(
+    root: &Path,
+    name: &str,
+    data: &str,
+    model: ModelConfig,
+    train: TrainConfig,
+    resume: bool,
+    after_samples: &dyn Fn(usize),
+) {
     let splits = data::load(data, None, 0, 2000).unwrap();
     let config = RunConfig {
         model,
-        train: TrainConfig {
-            steps,
-            batch_size: 32,
-            eval_every: steps,
-            checkpoint_every: steps,
-            ..TrainConfig::default()
-        },
+        train,
         data: data.to_string(),
         data_dir: None,
         data_samples: 2000,
         data_resize: None,
         class_names: splits.train.class_names().to_vec(),
     };
+    let dir = RunDir::new(&root.join(name));
+    let device = Device::default();
+    let draw = |model: &revflow::models::Model, step: usize| -> revflow::Result<()> {
+        let picture = sample_picture(model, &config, &splits.test, 0.7, &device)?;
+        save_png(picture, &dir.samples().join(format!("step-{step:06}.png")))?;
+        after_samples(step);
+        Ok(())
+    };
     let run = Run {
-        config,
+        config: config.clone(),
         data: &splits,
-        dir: RunDir::new(&root.join(name)),
-        draw_samples: None,
+        dir: dir.clone(),
+        draw_samples: Some(&draw),
         stop: None,
         group: None,
-        device: Device::default(),
+        device: device.clone(),
     };
-    run.train(false, &mut |_| {}).unwrap();
+    run.train(resume, &mut |_| {}).unwrap();
 }
 
 /// A folder with two small trained runs: `digits` (a Glow of 8×8 digits, 8 bits) and `moons`

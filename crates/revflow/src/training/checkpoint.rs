@@ -118,7 +118,7 @@ fn checkpoint_name(step: usize) -> String {
 }
 
 /// The step of a checkpoint folder's name (`None` for any other name).
-fn checkpoint_step(name: &str) -> Option<usize> {
+pub(super) fn checkpoint_step(name: &str) -> Option<usize> {
     let digits = name.strip_prefix("ckpt-")?;
     digits
         .bytes()

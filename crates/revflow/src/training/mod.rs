@@ -9,6 +9,7 @@
 mod batches;
 mod checkpoint;
 mod evaluate;
+mod follow;
 #[cfg(test)]
 mod tests;
 mod validation;
@@ -16,6 +17,7 @@ mod validation;
 pub use batches::{batch_indices, one_hot, rows};
 pub use checkpoint::{RunConfig, RunDir, TrainState};
 pub use evaluate::{evaluate, per_pixel_baseline, Evaluation};
+pub use follow::{MetricsTail, NewMetrics};
 pub use validation::{check_resume, RESUMABLE};
 
 use std::io::Write;
