@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's screenshots of `revflow serve` (docs/serve/explore.png, docs/serve/vector.png),
+# The README's screenshots of `revflow serve` (docs/serve/explore.png, vector.png, watch.png),
 # taken by the browser test (crates/revflow-serve/tests/browser.rs) in headless Chromium from
-# runs trained as the README's first command trains: Glow on the digits, a flow on moons.
+# runs trained as the README's first command trains (Glow on the digits, a flow on moons), and
+# a small Glow it trains itself while the watch view follows it.
 # Needs Debian's chromium and chromium-driver (.ci/install-deps.sh installs them). About five
 # minutes on 2 cores after the builds.
 set -euo pipefail

@@ -51,22 +51,15 @@ async fn with_run<T: Send + 'static>(
 ) -> ApiResult<T> {
     let permit =
         (state.jobs.clone().try_acquire_owned()).map_err(|_| ApiError::busy(state.queue))?;
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(state, move |state| {
         let _permit = permit;
         // Loading a run reads files: also off the async threads.
         work(&*state.runs.get(&name)?)
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the request failed: {e}"),
-        )
-    })?
 }
 
-/// Runs `work` (file reads, no model) on the blocking pool.
+/// Runs `work` on the blocking pool; a panic in it is a 500 for this request alone.
 pub async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
