@@ -532,7 +532,9 @@ function connect(w) {
   on('checkpoint', (d) => { w.checkpoint = d.step; renderCaption(w); });
   // The server could not read the run's files (the stream goes on).
   on('problem', (d) => showError(`watch ${w.name}`, `${w.name}: ${d.error}`));
-  source.onopen = () => { w.state = 'live'; renderStatus(); };
+  // Every (re)connection is a fresh read of the whole file: start the curves again, so a
+  // resume that rewrote the file while disconnected is not mixed with what came before.
+  source.onopen = () => { w.series = emptySeries(); w.state = 'live'; renderStatus(); scheduleDraw(); };
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
       // Refused (not a dropped stream): the browser will not retry; the next

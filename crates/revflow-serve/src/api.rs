@@ -19,7 +19,7 @@ use revflow::trained::points_of;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
 use crate::runs::{Explored, Runs};
@@ -41,18 +41,21 @@ type Shared = State<Arc<AppState>>;
 /// Bins of the test set's histogram.
 const BINS: usize = 40;
 
-/// Runs `work` on the blocking pool with the run `name`, or answers 503 when `queue`
-/// requests are already running or waiting. A panic in `work` is a 500 for this request
-/// alone.
+/// A place among the `queue` requests running or waiting for model work, or 503. Taken
+/// before a request's body is read, so that refused requests hold no memory.
+fn job(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
+    (state.jobs.clone().try_acquire_owned()).map_err(|_| ApiError::busy(state.queue))
+}
+
+/// Runs `work` on the blocking pool with the run `name`, holding its place in the queue.
 async fn with_run<T: Send + 'static>(
     state: &Arc<AppState>,
+    place: OwnedSemaphorePermit,
     name: String,
     work: impl FnOnce(&Explored) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let permit =
-        (state.jobs.clone().try_acquire_owned()).map_err(|_| ApiError::busy(state.queue))?;
     blocking(state, move |state| {
-        let _permit = permit;
+        let _place = place;
         // Loading a run reads files: also off the async threads.
         work(&*state.runs.get(&name)?)
     })
@@ -191,8 +194,8 @@ pub async fn list(State(state): Shared) -> ApiResult<Json<Value>> {
 /// `GET /api/runs/{run}`: the run as listed, with its test set's size and bit depth (loads
 /// the run, which every other request of the page needs).
 pub async fn info(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    let listed = name.clone();
-    with_run(&state, name, move |explored| {
+    let (listed, place) = (name.clone(), job(&state)?);
+    with_run(&state, place, name, move |explored| {
         let run = &explored.run;
         Ok(Json(json!({
             "name": listed,
@@ -230,9 +233,10 @@ pub async fn sample(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    let place = job(&state)?;
     let request: SampleRequest = json_body(&state, body).await?;
     check("temperature", request.temperature, 0.0, 5.0)?;
-    with_run(&state, name, move |explored| {
+    with_run(&state, place, name, move |explored| {
         let run = &explored.run;
         let image = run.config.model.image_shape();
         let (n, most) = match (request.n, image) {
@@ -246,18 +250,30 @@ pub async fn sample(
                 "class: this run's model is not class-conditional (trained without --ycond)",
             ));
         }
-        let context = match (run.config.model.context(), &request.context) {
-            (Some(c), Some(values)) if values.len() == c.len() => Some(values.as_slice()),
-            (Some(c), _) => {
-                return Err(ApiError::bad_request(format!(
-                    "this run samples at a context: give one value for each of {}",
-                    c.columns.join(", ")
-                )))
-            }
-            (None, _) => None,
-        };
+        let context =
+            match (run.config.model.context(), &request.context) {
+                (Some(c), Some(values)) if values.len() == c.len() => Some(values.as_slice()),
+                (Some(c), _) => {
+                    return Err(ApiError::bad_request(format!(
+                        "this run samples at a context: give one value for each of {}",
+                        c.columns.join(", ")
+                    )))
+                }
+                (None, Some(_)) => return Err(ApiError::bad_request(
+                    "context: this run is not conditioned on a context (trained without --context)",
+                )),
+                (None, None) => None,
+            };
+        // Batch by batch, as the command line samples: memory follows the batch.
+        let batch = revflow::training::EVAL_BATCH;
+        revflow::limits::check_inference(&run.config.model, n.min(batch))?;
         let started = std::time::Instant::now();
-        let x = run.sample(request.seed, 0..n, request.temperature, class, context)?;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(batch) {
+            let range = start..n.min(start + batch);
+            parts.push(run.sample(request.seed, range, request.temperature, class, context)?);
+        }
+        let x = revflow::burn::tensor::Tensor::cat(parts, 0);
         let seconds = started.elapsed().as_secs_f64();
         let picture = match image {
             Some(shape) => grid(&pixels(x), shape, (n as f64).sqrt().ceil() as usize, 4),
@@ -313,8 +329,9 @@ pub async fn encode(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    let place = job(&state)?;
     let request: EncodeRequest = json_body(&state, body).await?;
-    with_run(&state, name, move |explored| {
+    with_run(&state, place, name, move |explored| {
         let run = &explored.run;
         let shape = run.image_shape("encode")?;
         let input = input(&request.input)?;
@@ -357,7 +374,8 @@ pub async fn encode(
 
 /// `GET /api/runs/{run}/histogram`: the test set's bits/dim in equal bins (scored once).
 pub async fn histogram(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    with_run(&state, name, |explored| {
+    let place = job(&state)?;
+    with_run(&state, place, name, |explored| {
         let scores = match explored.test_scores.get() {
             Some(scores) => scores,
             None => {
@@ -404,9 +422,10 @@ pub async fn interpolate(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    let place = job(&state)?;
     let request: InterpolateRequest = json_body(&state, body).await?;
     check("t", request.t, -1.0, 2.0)?;
-    with_run(&state, name, move |explored| {
+    with_run(&state, place, name, move |explored| {
         let run = &explored.run;
         let shape = run.image_shape("interpolate")?;
         let (a, b) = (input(&request.a)?, input(&request.b)?);
@@ -437,9 +456,10 @@ pub async fn manipulate(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    let place = job(&state)?;
     let request: ManipulateRequest = json_body(&state, body).await?;
     check("alpha", request.alpha, -5.0, 5.0)?;
-    with_run(&state, name, move |explored| {
+    with_run(&state, place, name, move |explored| {
         let run = &explored.run;
         let shape = run.image_shape("manipulate")?;
         let input = input(&request.input)?;

@@ -16,58 +16,71 @@ use crate::error::ApiError;
 /// The names this server answers to and its token.
 #[derive(Debug, Clone)]
 pub struct Guard {
-    /// `host:port` values a request's Host header may hold.
-    hosts: Vec<String>,
+    /// Host names (without port) a loopback server answers to.
+    names: Vec<String>,
     token: Option<String>,
 }
 
 /// The header that carries the token (the page adds it to every API request).
 pub const TOKEN_HEADER: &str = "x-revflow-token";
 
+/// The name of a `Host` or `Origin` authority without its port: `[::1]:8000` → `[::1]`,
+/// `localhost:8000` → `localhost` (the port does not matter against rebinding, and a tunnel
+/// or port 80 changes it).
+fn name_of(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(i) if !authority[i + 1..].contains(']') => &authority[..i],
+        _ => authority,
+    }
+}
+
 impl Guard {
-    /// For a server bound to `host` on `port`: the loopback names always, `host` itself when
-    /// it is another address.
-    pub fn new(host: &str, port: u16, token: Option<String>) -> Guard {
-        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
-            .iter()
-            .map(|h| format!("{h}:{port}"))
-            .collect();
-        let named = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        if !hosts.contains(&named) {
-            hosts.push(named);
-        }
-        Guard { hosts, token }
+    /// A loopback server (`token: None`) answers to the loopback names only; a server
+    /// reachable from other machines answers to any name but needs the token.
+    pub fn new(token: Option<String>) -> Guard {
+        let names = ["127.0.0.1", "localhost", "[::1]"]
+            .map(String::from)
+            .to_vec();
+        Guard { names, token }
     }
 
     fn check(&self, request: &Request) -> Result<(), ApiError> {
         let headers = request.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let forbidden = |m: String| Err(ApiError::new(StatusCode::FORBIDDEN, m));
-        match text(header::HOST.as_str()) {
-            Some(host) if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) => {}
-            Some(host) => {
-                return forbidden(format!(
-                    "Host {host:?} is not this server's; open it as http://{}/",
-                    self.hosts[0]
-                ))
-            }
-            None => return forbidden("the request has no Host header".into()),
+        let Some(host) = text(header::HOST.as_str()) else {
+            return forbidden("the request has no Host header".into());
+        };
+        let loopback = |authority: &str| {
+            let name = name_of(authority);
+            self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        };
+        // Without a token, only loopback names: a rebound name (evil.example) is refused.
+        if self.token.is_none() && !loopback(host) {
+            return forbidden(format!(
+                "Host {host:?} is not this server's; open it as http://127.0.0.1:PORT/"
+            ));
         }
+        // A browser's request from another page: refused, whatever it may not read anyway.
         if let Some(origin) = text(header::ORIGIN.as_str()) {
-            let own = origin
-                .strip_prefix("http://")
-                .is_some_and(|o| self.hosts.iter().any(|h| h.eq_ignore_ascii_case(o)));
+            let from = origin.strip_prefix("http://").unwrap_or(origin);
+            let own = match self.token {
+                None => loopback(from),
+                Some(_) => from.eq_ignore_ascii_case(host),
+            };
             if !own {
                 return forbidden(format!(
                     "requests from {origin} are refused: only this server's own page may call it"
                 ));
             }
         }
-        if let (Some(token), true) = (&self.token, request.uri().path().starts_with("/api/")) {
+        let api = request.uri().path().starts_with("/api/");
+        // Images and scripts of other sites carry no Origin, but the browser says where
+        // they come from: they may not make the server work.
+        if api && matches!(text("sec-fetch-site"), Some("cross-site" | "same-site")) {
+            return forbidden("requests from other sites are refused".into());
+        }
+        if let (Some(token), true) = (&self.token, api) {
             // A page's EventSource cannot send headers: it gives the token in the query.
             let in_query = (request.uri().query().unwrap_or_default().split('&'))
                 .any(|pair| pair.strip_prefix("token=") == Some(token.as_str()));

@@ -113,7 +113,10 @@ impl Server {
                     .map_err(|e| FlowError::Config(format!("cannot draw a random token: {e}")))?,
             ),
         };
+        // An unspecified address (0.0.0.0, ::) is every address of this machine: the page is
+        // printed at localhost, and other machines use this machine's name.
         let host = match config.host {
+            ip if ip.is_unspecified() => "localhost".to_string(),
             IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
@@ -121,7 +124,7 @@ impl Server {
             Some(token) => format!("http://{host}:{}/?token={token}", addr.port()),
             None => format!("http://{host}:{}/", addr.port()),
         };
-        let guard = Guard::new(&config.host.to_string(), addr.port(), token);
+        let guard = Guard::new(token);
         let router = router(
             AppState {
                 runs: Runs::new(&config.runs_dir, config.device.clone()),

@@ -72,10 +72,12 @@ pub const ATTRIBUTES: &str = "attributes.csv";
 
 /// The attribute columns of a run's `attributes.csv` (none without one).
 fn attributes(dir: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(dir.join(ATTRIBUTES)) else {
+    // The header alone: CelebA's file is 25 MB.
+    let Ok(file) = std::fs::File::open(dir.join(ATTRIBUTES)) else {
         return Vec::new();
     };
-    let header = text.lines().next().unwrap_or_default();
+    let mut header = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(file), &mut header);
     (header.split(','))
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty() && !h.eq_ignore_ascii_case("file"))
@@ -106,6 +108,8 @@ pub struct Runs {
     root: PathBuf,
     device: Device,
     loaded: Mutex<HashMap<String, Arc<Explored>>>,
+    /// Held while a run loads.
+    loading: Mutex<()>,
 }
 
 impl Runs {
@@ -114,6 +118,7 @@ impl Runs {
             root: root.to_path_buf(),
             device,
             loaded: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
         }
     }
 
@@ -186,16 +191,29 @@ impl Runs {
     /// while they are swapped). Loading happens outside the lock, since it takes a while.
     pub fn get(&self, name: &str) -> ApiResult<Arc<Explored>> {
         let dir = self.dir(name)?;
-        let step = RunDir::new(&dir).current_step();
-        if let Some(run) = self.loaded.lock().expect("not poisoned").get(name) {
-            if run.step == step {
-                return Ok(run.clone());
-            }
+        let current = || {
+            let step = RunDir::new(&dir).current_step();
+            let loaded = self.loaded.lock().expect("not poisoned");
+            (
+                step,
+                loaded.get(name).filter(|run| run.step == step).cloned(),
+            )
+        };
+        if let (_, Some(run)) = current() {
+            return Ok(run);
         }
-        let run = TrainedRun::open(&dir, self.device.clone())?;
+        // One load at a time: the page's first requests of a run arrive together, and each
+        // would otherwise load its own copy of the weights and data.
+        let _loading = self.loading.lock().expect("not poisoned");
+        let step = match current() {
+            (_, Some(run)) => return Ok(run),
+            // The step read before loading: a checkpoint written meanwhile is loaded again
+            // by the next request, never missed.
+            (step, None) => step,
+        };
         let run = Arc::new(Explored {
-            step: run.dir.current_step(),
-            run,
+            run: TrainedRun::open(&dir, self.device.clone())?,
+            step,
             test_scores: OnceLock::new(),
             latents: Mutex::new(HashMap::new()),
             density: OnceLock::new(),

@@ -340,6 +340,16 @@ fn bad_requests_get_a_4xx_and_one_line_of_json() {
             "unknown class",
         ),
         (
+            post(addr, "/api/runs/digits/sample", json!({"class": "3"})),
+            400,
+            "not class-conditional",
+        ),
+        (
+            post(addr, "/api/runs/digits/sample", json!({"context": [1.0]})),
+            400,
+            "not conditioned on a context",
+        ),
+        (
             post(
                 addr,
                 "/api/runs/digits/encode",
@@ -500,6 +510,18 @@ fn other_sites_are_refused_by_host_and_origin() {
         b"",
     );
     assert_eq!(r.status, 200);
+    // Through a tunnel to another local port, or at port 80 (no port in Host): still ours.
+    for host in ["localhost:9000", "127.0.0.1", "[::1]:8000"] {
+        let r = request(addr, "GET", "/api/runs", &[("Host", host)], b"");
+        assert_eq!(r.status, 200, "{host}");
+    }
+    // An image or script of another site: the browser marks it, the server refuses it.
+    let marked = [("Sec-Fetch-Site", "cross-site")];
+    let r = request(addr, "GET", "/api/runs/digits/histogram", &marked, b"");
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("other sites"));
+    let own = [("Sec-Fetch-Site", "same-origin")];
+    assert_eq!(request(addr, "GET", "/api/runs", &own, b"").status, 200);
 }
 
 #[test]
@@ -511,6 +533,11 @@ fn a_server_reachable_from_other_machines_needs_its_token() {
         ..revflow_serve::ServeConfig::new(&root, Default::default())
     };
     let server = revflow_serve::Server::bind(config).unwrap();
+    assert!(
+        server.url.starts_with("http://localhost:"),
+        "{}",
+        server.url
+    );
     let token = server
         .url
         .split("token=")
@@ -540,6 +567,35 @@ fn a_server_reachable_from_other_machines_needs_its_token() {
         b"",
     );
     assert_eq!(r.status, 200);
+    // Other machines reach it by this machine's name; the token is what lets them in, in a
+    // header or (an EventSource's) in the query.
+    let lan = [
+        ("Host", "workstation.lan:8000"),
+        ("X-Revflow-Token", token.as_str()),
+    ];
+    assert_eq!(request(local, "GET", "/api/runs", &lan, b"").status, 200);
+    let query = format!("/api/runs?token={token}");
+    let r = request(
+        local,
+        "GET",
+        &query,
+        &[("Host", "workstation.lan:8000")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    // Its own page's origin passes; another one does not.
+    let page = [
+        ("Host", "workstation.lan:8000"),
+        ("Origin", "http://workstation.lan:8000"),
+        ("X-Revflow-Token", token.as_str()),
+    ];
+    assert_eq!(request(local, "GET", "/api/runs", &page, b"").status, 200);
+    let other = [
+        ("Host", "workstation.lan:8000"),
+        ("Origin", "http://evil.example"),
+        ("X-Revflow-Token", token.as_str()),
+    ];
+    assert_eq!(request(local, "GET", "/api/runs", &other, b"").status, 403);
     // The page itself holds no data and loads without it (it reads the token from its URL).
     assert_eq!(get(local, "/").status, 200);
 }

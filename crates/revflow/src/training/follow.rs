@@ -19,6 +19,8 @@ use crate::files::io;
 pub struct MetricsTail {
     offset: u64,
     file: Option<FileId>,
+    /// Whether a file was read before.
+    started: bool,
 }
 
 /// What identifies a file across renames: its inode (or, elsewhere, nothing).
@@ -59,11 +61,11 @@ impl MetricsTail {
         };
         let meta = file.metadata().map_err(io(&path))?;
         let id = file_id(&meta);
-        let reset = (self.offset > 0 || self.file.is_some())
-            && (id != self.file || meta.len() < self.offset);
-        if reset || self.file.is_none() {
+        let reset = self.started && (id != self.file || meta.len() < self.offset);
+        if reset || !self.started {
             self.offset = 0;
             self.file = id;
+            self.started = true;
         }
         file.seek(SeekFrom::Start(self.offset)).map_err(io(&path))?;
         let mut bytes = Vec::new();
