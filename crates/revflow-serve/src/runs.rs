@@ -202,6 +202,12 @@ impl Runs {
         if let (_, Some(run)) = current() {
             return Ok(run);
         }
+        if !RunDir::new(&dir).has_checkpoint() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("{name} has no checkpoint yet: it is still starting to train"),
+            ));
+        }
         // One load at a time: the page's first requests of a run arrive together, and each
         // would otherwise load its own copy of the weights and data.
         let _loading = self.loading.lock().expect("not poisoned");

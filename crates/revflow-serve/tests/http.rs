@@ -630,6 +630,20 @@ fn past_the_queue_requests_get_503_with_retry_after_and_the_server_keeps_serving
 }
 
 #[test]
+fn a_run_without_a_checkpoint_yet_is_a_409_not_an_error_of_the_server() {
+    server();
+    let trained = std::env::temp_dir().join(format!("revflow-serve-http-{}", std::process::id()));
+    let root = temp("starting");
+    std::fs::create_dir_all(root.join("starting")).unwrap();
+    let config = trained.join("digits/config.json");
+    std::fs::copy(config, root.join("starting/config.json")).unwrap();
+    let addr = serve(&root, |c| c);
+    let r = get(addr, "/api/runs/starting");
+    assert_eq!(r.status, 409);
+    assert!(r.error().contains("no checkpoint yet"), "{}", r.error());
+}
+
+#[test]
 fn a_folder_that_is_not_one_is_refused_at_start() {
     let config = revflow_serve::ServeConfig::new("/no/such/folder", Default::default());
     let e = revflow_serve::Server::bind(config).err().expect("refused");
