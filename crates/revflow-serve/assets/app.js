@@ -34,9 +34,10 @@ function runPath(run, action) {
 }
 
 // Sends a request with the token header and returns the response; throws
-// with the server's own message when it fails.
-async function send(path, body) {
-  const opts = { method: body === undefined ? 'GET' : 'POST', headers: {} };
+// with the server's own message when it fails. GET without a body, POST with
+// one, unless `method` says otherwise (DELETE).
+async function send(path, body, method) {
+  const opts = { method: method || (body === undefined ? 'GET' : 'POST'), headers: {} };
   if (TOKEN !== null) opts.headers['X-Revflow-Token'] = TOKEN;
   if (body !== undefined) {
     opts.headers['Content-Type'] = 'application/json';
@@ -373,7 +374,9 @@ function loadRun() {
   requestManip();
 }
 
-async function loadRuns() {
+// Lists the runs and selects `select` when given, else keeps the one shown
+// (the first at the start); a run already shown is not loaded again.
+async function loadRuns(select) {
   let data;
   try {
     data = await api('/api/runs');
@@ -387,8 +390,11 @@ async function loadRuns() {
     showError('runs', 'no runs in this folder: train one with revflow train');
     return;
   }
-  fillSelect($('run'), state.runs.map((r) => r.name), state.runs[0].name);
-  loadRun();
+  $('run').disabled = false;
+  const names = state.runs.map((r) => r.name);
+  const chosen = [select, state.run && state.run.name].find((n) => names.includes(n)) || names[0];
+  fillSelect($('run'), names, chosen);
+  if (!state.run || state.run.name !== chosen) loadRun();
 }
 
 // ---------- Watch training ----------
@@ -697,24 +703,306 @@ function saveFile(blob, filename) {
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
+// ---------- 2-D playground ----------
+
+// One training job per page. The server cancels a job whose page disconnects,
+// so closing the stream of the previous job is how a new one replaces it.
+const pg = {
+  id: null,       // the job shown (its pictures, layers, save)
+  source: null,   // its EventSource while it trains
+  layers: null,   // [{name, key, points}] after it is done
+  bounds: null,   // fixed axes for every layer
+  groups: null,   // point indices by colour shade
+};
+const PG_PLOTS = ['density', 'latents', 'grid'];
+const PG_TINT = '#d1495b';  // the kept (key) coordinate of a coupling
+const SHADES = 24;          // colours of the layer plot, drawn one batch each
+
+const pgPath = (id, action) => `/api/playground/${id}${action ? `/${action}` : ''}`;
+
+// data-state: running | done | cancelled | failed (tests wait on it).
+function setPgStatus(text, state) {
+  $('pg-status').textContent = text;
+  $('pg-status').dataset.state = state;
+}
+
+// Stops listening to the job (it ended, or a new one replaces it).
+function closePlayground(text, state) {
+  if (pg.source) pg.source.close();
+  pg.source = null;
+  $('pg-cancel').disabled = true;
+  if (text) setPgStatus(text, state);
+}
+
+async function startPlayground() {
+  const body = {
+    set: $('pg-set').value,
+    flow: $('pg-flow').value,
+    steps: Number($('pg-steps').value),
+    layers: Number($('pg-layers').value),
+    hidden: Number($('pg-hidden').value),
+  };
+  $('pg-start').disabled = true;  // a double click would start two jobs
+  let data;
+  try {
+    data = await api('/api/playground', body);
+  } catch (e) {
+    showError('playground', `2-D playground: ${e.message}`);  // a job shown goes on
+    return;
+  } finally {
+    $('pg-start').disabled = false;
+  }
+  for (const p of ['playground', 'playground layers', 'playground save']) clearError(p);
+  closePlayground();
+
+  pg.id = data.id;
+  pg.layers = null;
+  for (const k of PG_PLOTS) {
+    resetImage($(`pg-${k}`));
+    delete $(`pg-${k}`).dataset.step;
+  }
+  $('card-pg-layers').hidden = true;
+  $('pg-progress').value = 0;
+  $('pg-save-name').value = `${body.set}-${body.flow}`;
+  $('pg-save-name').disabled = $('pg-save').disabled = true;
+  $('pg-saved').textContent = 'Once trained, the flow can be saved and opened in Explore.';
+  $('pg-cancel').disabled = false;
+  setPgStatus('starting…', 'running');
+  watchPlayground(data.id);
+}
+
+// EventSource cannot send headers, so the token travels in the query.
+function watchPlayground(id) {
+  const url = pgPath(id, 'events') + (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : '');
+  const source = new EventSource(url);
+  pg.source = source;
+  const on = (type, handle) => source.addEventListener(type, (e) => {
+    let data;
+    try { data = JSON.parse(e.data); } catch (_) { return; }  // not JSON: ignore
+    handle(data);
+  });
+  on('progress', (d) => {
+    $('pg-progress').value = d.steps ? d.step / d.steps : 0;
+    setPgStatus(`step ${d.step} / ${d.steps} · loss ${Number(d.loss).toFixed(2)}`, 'running');
+  });
+  on('snapshot', (d) => {
+    for (const k of PG_PLOTS) {
+      $(`pg-${k}`).src = d[k];
+      $(`pg-${k}`).dataset.step = String(d.step);
+    }
+  });
+  on('done', (d) => {
+    closePlayground(`done: test ${Number(d.test_bits_per_dim).toFixed(2)} bits/dim`, 'done');
+    $('pg-progress').value = 1;
+    $('pg-save-name').disabled = $('pg-save').disabled = false;
+    loadLayers(id);
+  });
+  on('cancelled', () => closePlayground('cancelled', 'cancelled'));
+  on('failed', (d) => closePlayground(`failed: ${d.error}`, 'failed'));
+  // No reconnecting: the server has cancelled a job whose stream dropped.
+  source.onerror = () => closePlayground('failed: lost the connection to the server', 'failed');
+}
+
+async function cancelPlayground() {
+  const id = pg.id;
+  if (id === null || !pg.source) return;
+  $('pg-cancel').disabled = true;
+  try {
+    await send(pgPath(id), undefined, 'DELETE');  // the stream then says `cancelled`
+    clearError('playground');
+  } catch (e) {
+    showError('playground', `cancel: ${e.message}`);
+    if (pg.id === id && pg.source) $('pg-cancel').disabled = false;
+  }
+}
+
+async function savePlayground() {
+  const id = pg.id;
+  const name = $('pg-save-name').value.trim();
+  $('pg-save').disabled = true;
+  let data;
+  try {
+    data = await api(pgPath(id, 'save'), { name });
+  } catch (e) {
+    showError('playground save', `save: ${e.message}`);
+    return;
+  } finally {
+    if (pg.id === id) $('pg-save').disabled = false;
+  }
+  clearError('playground save');
+  const run = data.run || name;
+  const link = document.createElement('a');
+  link.href = '#';
+  link.textContent = 'open it in Explore';
+  link.addEventListener('click', (e) => { e.preventDefault(); openInExplore(run); });
+  $('pg-saved').replaceChildren(`saved as ${run}: `, link);
+  // Explore not shown yet reads its list, this run included, when it is.
+  if (exploreStarted) loadRuns();
+}
+
+function openInExplore(run) {
+  exploreStarted = true;  // the listing below replaces the one showView would start
+  loadRuns(run);
+  showView('explore');
+  location.hash = '';
+}
+
+// ----- layer by layer -----
+
+// The q-quantile of the finite values (NaN from a diverged flow is left out).
+function quantile(values, q) {
+  const s = Float64Array.from(values.filter(Number.isFinite)).sort();
+  return s.length ? s[Math.round(q * (s.length - 1))] : NaN;
+}
+
+async function loadLayers(id) {
+  let data;
+  try {
+    data = await api(pgPath(id, 'layers'));
+  } catch (e) {
+    if (pg.id === id) showError('playground layers', `layers: ${e.message}`);
+    return;
+  }
+  const layers = data.layers || [];
+  if (pg.id !== id || !layers.length) return;
+  pg.layers = layers;
+  pg.bounds = layerBounds(layers);
+  pg.groups = shadeGroups(layers[0].points);
+  $('pg-layer').max = String(layers.length - 1);
+  $('pg-layer').value = '0';
+  $('card-pg-layers').hidden = false;
+  drawLayer();
+}
+
+// Fixed axes for all layers, so the motion shows: the union of each layer's
+// central 99.5 %, made square so that shapes are not stretched.
+function layerBounds(layers) {
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (const { points } of layers) {
+    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+    x0 = Math.min(x0, quantile(xs, 0.0025));
+    x1 = Math.max(x1, quantile(xs, 0.9975));
+    y0 = Math.min(y0, quantile(ys, 0.0025));
+    y1 = Math.max(y1, quantile(ys, 0.9975));
+  }
+  if (![x0, x1, y0, y1].every(Number.isFinite)) return { x0: -1, x1: 1, y0: -1, y1: 1 };
+  const half = (Math.max(x1 - x0, y1 - y0) / 2 || 1) * 1.05;
+  const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+  return { x0: cx - half, x1: cx + half, y0: cy - half, y1: cy + half };
+}
+
+// A point keeps the colour of its distance from the data's centre in every
+// layer, so one can follow it; indices grouped by shade, one fillStyle each.
+function shadeGroups(points) {
+  let cx = 0, cy = 0;
+  for (const [x, y] of points) { cx += x / points.length; cy += y / points.length; }
+  const dist = points.map(([x, y]) => Math.hypot(x - cx, y - cy));
+  const far = quantile(dist, 0.99) || 1;
+  const groups = Array.from({ length: SHADES }, () => []);
+  dist.forEach((d, i) => {
+    const s = Number.isFinite(d) ? Math.min(SHADES - 1, Math.floor((d / far) * SHADES)) : SHADES - 1;
+    groups[s].push(i);
+  });
+  return groups;
+}
+
+// Blue at the centre to orange at the rim.
+const shadeColour = (s) => `hsl(${Math.round(250 - (s / (SHADES - 1)) * 220)}, 70%, 45%)`;
+
+function stepLayer(delta) {
+  const slider = $('pg-layer');
+  slider.value = String(Math.min(Number(slider.max), Math.max(0, Number(slider.value) + delta)));
+  drawLayer();
+}
+
+function drawLayer() {
+  if (!pg.layers) return;
+  const canvas = $('pg-layer-canvas');
+  const last = pg.layers.length - 1;
+  const k = Math.min(last, Math.max(0, Math.round(Number($('pg-layer').value)) || 0));
+  const { name, key, points } = pg.layers[k];
+  $('pg-layer-name').textContent = `${k} / ${last}: ${name}`;
+  $('pg-prev').disabled = k === 0;
+  $('pg-next').disabled = k === last;
+
+  const g = canvas.getContext('2d');
+  const W = canvas.width, H = canvas.height;
+  const pad = { l: 44, r: 12, t: 26, b: 26 };
+  const pw = W - pad.l - pad.r, ph = H - pad.t - pad.b;
+  const b = pg.bounds;
+  const X = (x) => pad.l + ((x - b.x0) / (b.x1 - b.x0)) * pw;
+  const Y = (y) => pad.t + ph - ((y - b.y0) / (b.y1 - b.y0)) * ph;
+  g.clearRect(0, 0, W, H);
+  g.font = '12px system-ui, sans-serif';
+
+  // Faint zero lines, then the axes: x₁ along the bottom, x₂ up the left,
+  // the coupling's key (kept as it is) thick and tinted.
+  g.fillStyle = '#e6e6e6';
+  if (b.x0 < 0 && b.x1 > 0) g.fillRect(X(0), pad.t, 1, ph);
+  if (b.y0 < 0 && b.y1 > 0) g.fillRect(pad.l, Y(0), pw, 1);
+  g.fillStyle = key === 0 ? PG_TINT : '#444';
+  g.fillRect(pad.l, pad.t + ph, pw, key === 0 ? 3 : 1);
+  g.textBaseline = 'alphabetic';
+  g.textAlign = 'center';
+  g.fillText('x₁', pad.l + pw / 2, H - 6);
+  g.fillStyle = key === 1 ? PG_TINT : '#444';
+  g.fillRect(pad.l - (key === 1 ? 2 : 0), pad.t, key === 1 ? 3 : 1, ph);
+  g.textAlign = 'right';
+  g.fillText('x₂', pad.l - 6, pad.t + ph / 2);
+
+  g.fillStyle = '#444';
+  g.fillText(fmt(b.x1), W - pad.r, H - 6);
+  g.textAlign = 'left';
+  g.fillText(fmt(b.x0), pad.l, H - 6);
+  g.textAlign = 'right';
+  g.textBaseline = 'top';
+  g.fillText(fmt(b.y1), pad.l - 6, pad.t);
+  g.textBaseline = 'bottom';
+  g.fillText(fmt(b.y0), pad.l - 6, pad.t + ph);
+
+  if (key === 0 || key === 1) {
+    g.fillStyle = PG_TINT;
+    g.textAlign = 'left';
+    g.textBaseline = 'alphabetic';
+    g.fillText(`key: ${key === 0 ? 'x₁' : 'x₂'} (kept)`, pad.l, 16);
+  }
+
+  // Points outside the axes (the 0.5 % tails) are clipped.
+  g.save();
+  g.beginPath();
+  g.rect(pad.l, pad.t, pw, ph);
+  g.clip();
+  g.globalAlpha = 0.8;
+  pg.groups.forEach((group, s) => {
+    g.fillStyle = shadeColour(s);
+    for (const i of group) {
+      const p = points[i];
+      if (p) g.fillRect(X(p[0]) - 1.25, Y(p[1]) - 1.25, 2.5, 2.5);
+    }
+  });
+  g.restore();
+  canvas.dataset.layer = String(k);  // tests read it
+}
+
 // ---------- views ----------
 
 let view = null;
 let exploreStarted = false;
 
-const viewFromHash = () => (location.hash === '#watch' ? 'watch' : 'explore');
+const VIEWS = ['explore', 'watch', 'playground'];
+const viewFromHash = () => VIEWS.find((v) => v !== 'explore' && location.hash === `#${v}`) || 'explore';
 
 function showView(name) {
   if (name === view) return;
   view = name;
   const watching = name === 'watch';
-  $('view-explore').hidden = watching;
-  $('view-watch').hidden = !watching;
-  $('tab-explore').classList.toggle('active', !watching);
-  $('tab-watch').classList.toggle('active', watching);
-  document.querySelectorAll('.explore-only').forEach((el) => { el.hidden = watching; });
+  for (const v of VIEWS) {
+    $(`view-${v}`).hidden = v !== name;
+    $(`tab-${v}`).classList.toggle('active', v === name);
+  }
+  document.querySelectorAll('.explore-only').forEach((el) => { el.hidden = name !== 'explore'; });
   // Explore loads its run on the server, so only once it is first shown.
-  if (!watching && !exploreStarted) {
+  if (name === 'explore' && !exploreStarted) {
     exploreStarted = true;
     loadRuns();
   }
@@ -768,9 +1056,17 @@ function wire() {
 
   $('tab-explore').addEventListener('click', () => { showView('explore'); location.hash = ''; });
   $('tab-watch').addEventListener('click', () => { showView('watch'); location.hash = '#watch'; });
+  $('tab-playground').addEventListener('click', () => { showView('playground'); location.hash = '#playground'; });
   window.addEventListener('hashchange', () => showView(viewFromHash()));
   $('watch-refresh').addEventListener('click', loadWatchRuns);
   for (const { id, key } of METRICS) $(`csv-${id}`).addEventListener('click', () => downloadCsv(key));
+
+  $('pg-start').addEventListener('click', startPlayground);
+  $('pg-cancel').addEventListener('click', cancelPlayground);
+  $('pg-layer').addEventListener('input', drawLayer);
+  $('pg-prev').addEventListener('click', () => stepLayer(-1));
+  $('pg-next').addEventListener('click', () => stepLayer(1));
+  $('pg-save').addEventListener('click', savePlayground);
 }
 
 wire();

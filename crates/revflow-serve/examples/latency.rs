@@ -2,6 +2,8 @@
 //! grid, an encode (encode + decode + score, what the page asks for on an upload), an
 //! interpolation and a manipulation step, on the digits and on an MNIST-shape (28×28) run.
 //!
+//! Then the same sample grid while 0, 1 and 2 playground trainings run beside it.
+//!
 //! `cargo run --release -p revflow-serve --example latency -- [REQUESTS]` (default 50 per
 //! operation, after 5 warm-ups). The runs are trained on the spot for a few steps: latency
 //! does not depend on how well a model is trained, only on its architecture, which is
@@ -15,7 +17,7 @@ use revflow::burn::tensor::Device;
 use revflow::data::{self, Data};
 use revflow::models::{GlowConfig, ModelConfig};
 use revflow::training::{recipe, TrainConfig};
-use revflow_serve::client::post;
+use revflow_serve::client::{get, post, request};
 use revflow_serve::{ServeConfig, Server};
 use serde_json::{json, Value};
 
@@ -134,5 +136,62 @@ fn main() {
             );
         }
     }
+    under_training(addr, requests);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The explore view's latency (a grid of 64 digits) while 0, 1 and 2 playground trainings
+/// run (the server's limit is 2), and the trainings' speed.
+fn under_training(addr: SocketAddr, requests: usize) {
+    println!(
+        "\n| playground trainings | sample p50 ms | sample p95 ms | steps/s of each training |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for trainings in 0..=revflow_serve::playground::TRAININGS {
+        let body =
+            json!({"set": "moons", "flow": "affine", "steps": 20000, "layers": 4, "hidden": 64});
+        let ids: Vec<u64> = (0..trainings)
+            .map(|_| {
+                post(addr, "/api/playground", body.clone()).json()["id"]
+                    .as_u64()
+                    .expect("started")
+            })
+            .collect();
+        let step = |id: u64| {
+            get(addr, &format!("/api/playground/{id}")).json()["step"]
+                .as_f64()
+                .unwrap_or(0.0)
+        };
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let (before, started) = (
+            ids.iter().map(|&id| step(id)).collect::<Vec<_>>(),
+            Instant::now(),
+        );
+        let ms = time(
+            addr,
+            "/api/runs/digits/sample",
+            requests,
+            |i| json!({"n": 64, "temperature": 0.5 + 0.001 * i as f64, "seed": i}),
+        );
+        // Five seconds at least, for the trainings' progress (reported every 200 steps).
+        std::thread::sleep(std::time::Duration::from_secs(5).saturating_sub(started.elapsed()));
+        let seconds = started.elapsed().as_secs_f64();
+        let speeds: Vec<String> = (ids.iter().zip(&before))
+            .map(|(&id, b)| format!("{:.0}", (step(id) - b) / seconds))
+            .collect();
+        for id in ids {
+            request(addr, "DELETE", &format!("/api/playground/{id}"), &[], b"");
+        }
+        println!(
+            "| {trainings} | {:.1} | {:.1} | {} |",
+            quantile(&ms, 0.5),
+            quantile(&ms, 0.95),
+            if speeds.is_empty() {
+                "–".into()
+            } else {
+                speeds.join(", ")
+            }
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }

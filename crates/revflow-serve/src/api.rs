@@ -34,6 +34,7 @@ pub struct AppState {
     pub upload_limit: usize,
     /// Watch streams open at once; past it, 503.
     pub watchers: Arc<Semaphore>,
+    pub playground: crate::playground::Playground,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -74,7 +75,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The request body as JSON of type `T`, refused past the upload limit.
-async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
     let bytes = to_bytes(body, state.upload_limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,7 +107,7 @@ pub fn png_file(path: &std::path::Path) -> ApiResult<String> {
 }
 
 /// A picture as a PNG data URL.
-fn png(picture: impl Into<DynamicImage>) -> ApiResult<String> {
+pub(crate) fn png(picture: impl Into<DynamicImage>) -> ApiResult<String> {
     let mut bytes = Vec::new();
     picture
         .into()

@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod guard;
+pub mod playground;
 pub mod runs;
 pub mod watch;
 
@@ -132,6 +133,8 @@ impl Server {
                 queue: config.queue,
                 upload_limit: config.upload_limit,
                 watchers: Arc::new(Semaphore::new(WATCHERS)),
+                playground: playground::Playground::new()
+                    .map_err(|e| io("a temporary folder for the playground", e))?,
             },
             guard,
         );
@@ -193,6 +196,14 @@ pub fn router(state: AppState, guard: Guard) -> Router {
         .route("/api/runs/{run}/config", get(watch::config))
         .route("/api/runs/{run}/curve.csv", get(watch::curve))
         .route("/api/runs/{run}/watch", get(watch::watch))
+        .route("/api/playground", post(playground::start))
+        .route(
+            "/api/playground/{id}",
+            get(playground::status).delete(playground::cancel),
+        )
+        .route("/api/playground/{id}/events", get(playground::events))
+        .route("/api/playground/{id}/layers", get(playground::layers))
+        .route("/api/playground/{id}/save", post(playground::save))
         .with_state(Arc::new(state));
     Router::new()
         .route(

@@ -66,6 +66,20 @@ impl Explored {
     }
 }
 
+/// A run name is a plain folder name: no separators, no `..`, nothing hidden.
+fn check_name(name: &str) -> ApiResult<()> {
+    let plain = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && (name.chars()).all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    match plain {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "{name:?} is not a run name: letters, digits and . _ - + only, not starting with ."
+        ))),
+    }
+}
+
 /// The file of a run's attributes, beside its config: a `file` column (paths relative to
 /// it) and one column per attribute (CelebA's `list_attr_celeba` converted to CSV works).
 pub const ATTRIBUTES: &str = "attributes.csv";
@@ -125,17 +139,7 @@ impl Runs {
     /// The directory of the run `name`: a plain name of a folder directly in the root that
     /// holds a run (no `..`, no separators, no hidden names, no link out of the folder).
     pub fn dir(&self, name: &str) -> ApiResult<PathBuf> {
-        let plain = !name.is_empty()
-            && name.len() <= 200
-            && !name.starts_with('.')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
-        if !plain {
-            return Err(ApiError::bad_request(format!(
-                "{name:?} is not a run name: letters, digits and . _ - + only, not starting with ."
-            )));
-        }
+        check_name(name)?;
         let dir = self.root.join(name);
         let unknown = || ApiError::not_found(format!("no run {name:?} in {}", self.root.display()));
         let (real, root) = match (dir.canonicalize(), self.root.canonicalize()) {
@@ -145,6 +149,23 @@ impl Runs {
         if real.parent() != Some(root.as_path()) || !real.join("config.json").is_file() {
             return Err(unknown());
         }
+        Ok(dir)
+    }
+
+    /// A new run folder `name` in the root, created now (refused if the name is taken).
+    pub fn new_dir(&self, name: &str) -> ApiResult<PathBuf> {
+        check_name(name)?;
+        let dir = self.root.join(name);
+        std::fs::create_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("a run {name:?} exists already; choose another name"),
+            ),
+            _ => ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot create {}: {e}", dir.display()),
+            ),
+        })?;
         Ok(dir)
     }
 

@@ -415,5 +415,58 @@ async fn drive(addr: SocketAddr, port: u16, root: &Path, scratch: &Path) {
         let shot = c.screenshot().await.unwrap();
         std::fs::write(Path::new(&dir).join("watch.png"), shot).unwrap();
     }
+    playground(&c).await;
     c.close().await.unwrap();
+}
+
+/// The 2-D playground: a long training cancelled, a short one whose pictures change as it
+/// learns, then the layer slider moving the points.
+async fn playground(c: &Client) {
+    let click = |id: &'static str| async move {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    };
+    let state = "document.getElementById('pg-status').dataset.state";
+    let step = "document.getElementById('pg-density').dataset.step";
+    click("tab-playground").await;
+    js(c, "document.getElementById('pg-steps').value = '20000';").await;
+    click("pg-start").await;
+    until(c, &format!("{state} === 'running' && {step}")).await;
+    click("pg-cancel").await;
+    until(c, &format!("{state} === 'cancelled'")).await;
+
+    js(c, "document.getElementById('pg-steps').value = '800';").await;
+    click("pg-start").await;
+    until(c, &format!("{state} === 'running' && {step}")).await;
+    let (first, old) = (
+        js(c, &format!("return {step};")).await,
+        src(c, "pg-density").await,
+    );
+    until(c, &format!("{step} !== {first}")).await;
+    assert_ne!(
+        src(c, "pg-density").await,
+        old,
+        "the density picture changed as it learned"
+    );
+    until(c, &format!("{state} === 'done'")).await;
+
+    let canvas = c.find(Locator::Id("pg-layer-canvas")).await.unwrap();
+    let layer = "document.getElementById('pg-layer-canvas').dataset.layer";
+    until(c, &format!("{layer} === '0'")).await;
+    let data = pixels(&canvas).await;
+    press(c, "pg-layer", Key::End, 1).await;
+    until(c, &format!("{layer} !== '0'")).await;
+    let moved = changed(&data, &pixels(&canvas).await);
+    assert!(
+        moved > 0.01,
+        "the last layer's points differ from the data: {moved:.3}"
+    );
+    if let Some(dir) = std::env::var_os("REVFLOW_SCREENSHOTS") {
+        let shot = c.screenshot().await.unwrap();
+        std::fs::write(Path::new(&dir).join("playground.png"), shot).unwrap();
+    }
 }

@@ -800,3 +800,164 @@ fn a_run_is_watched_live_while_it_trains_and_again_when_it_resumes() {
     assert_eq!(steps, (1..=400).collect::<Vec<u64>>());
     assert_eq!(get(addr, "/api/runs/live").json()["step"], 400);
 }
+
+#[test]
+fn the_playground_trains_steps_through_layers_cancels_and_saves() {
+    use revflow_serve::client::EventStream;
+    use std::time::Duration;
+    let root = temp("playground");
+    let addr = serve(&root, |c| c);
+    let start = |body: serde_json::Value| post(addr, "/api/playground", body);
+    // Absurd requests are refused with the range.
+    for (body, needle) in [
+        (
+            json!({"set": "moons", "flow": "affine", "steps": 1_000_000_000u64, "layers": 4, "hidden": 16}),
+            "steps must be from 10 to 20000",
+        ),
+        (
+            json!({"set": "moons", "flow": "affine", "steps": 100, "layers": 100, "hidden": 16}),
+            "layers must be from 1 to 16",
+        ),
+        (
+            json!({"set": "moons", "flow": "affine", "steps": 100, "layers": 4, "hidden": 0}),
+            "hidden must be",
+        ),
+        (
+            json!({"set": "../etc", "flow": "affine", "steps": 100, "layers": 4, "hidden": 16}),
+            "is not one of",
+        ),
+        (
+            json!({"set": "moons", "flow": "glow", "steps": 100, "layers": 4, "hidden": 16}),
+            "affine, spline, maf",
+        ),
+    ] {
+        let r = start(body);
+        assert_eq!(r.status, 400);
+        assert!(
+            r.error().contains(needle),
+            "{:?} lacks {needle:?}",
+            r.error()
+        );
+    }
+    // A training to its end: progress, pictures that change as it learns, then done.
+    let body = json!({"set": "moons", "flow": "affine", "steps": 300, "layers": 4, "hidden": 16});
+    let id = start(body).json()["id"].as_u64().unwrap();
+    let mut events = EventStream::open(
+        addr,
+        &format!("/api/playground/{id}/events"),
+        Duration::from_secs(120),
+    );
+    let (mut densities, mut progress) = (Vec::new(), 0);
+    let bits = loop {
+        let (name, data) = events.next_event();
+        match name.as_str() {
+            "progress" => progress += 1,
+            "snapshot" => densities.push(data["density"].as_str().unwrap().to_string()),
+            "done" => break data["test_bits_per_dim"].as_f64().unwrap(),
+            other => panic!("{other}: {data}"),
+        }
+    };
+    assert!(
+        progress >= 10 && densities.len() == 10,
+        "{progress} progress, {} pictures",
+        densities.len()
+    );
+    assert_ne!(
+        densities[0], densities[9],
+        "the density changed as it learned"
+    );
+    assert!(bits.is_finite() && bits < 3.0, "{bits}");
+    assert_eq!(
+        get(addr, &format!("/api/playground/{id}")).json()["state"],
+        "done"
+    );
+    // Its layers: the data first, the latents last, every coupling with its key kept.
+    let layers = get(addr, &format!("/api/playground/{id}/layers")).json();
+    let layers = layers["layers"].as_array().unwrap();
+    assert!(layers.len() > 4);
+    assert_eq!(layers[0]["name"], "data x");
+    let coupled: Vec<_> = layers
+        .iter()
+        .filter(|l| l["name"].as_str().unwrap().contains("coupling"))
+        .collect();
+    assert_eq!(coupled.len(), 4);
+    assert!(coupled.iter().all(|l| l["key"].is_u64()));
+    let spread = |l: &serde_json::Value| {
+        let points = l["points"].as_array().unwrap();
+        let sq: f64 = points
+            .iter()
+            .flat_map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()])
+            .map(|v| v * v)
+            .sum();
+        (sq / (2.0 * points.len() as f64)).sqrt()
+    };
+    let z = spread(layers.last().unwrap());
+    assert!(
+        (0.5..2.0).contains(&z),
+        "the latents' spread {z} is near a standard Gaussian's"
+    );
+    // Saved as a run, the explore view samples it.
+    let r = post(
+        addr,
+        &format!("/api/playground/{id}/save"),
+        json!({"name": "moons-affine"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.error());
+    let r = post(addr, "/api/runs/moons-affine/sample", json!({"n": 100}));
+    assert_eq!(r.status, 200, "{}", r.error());
+    let again = post(
+        addr,
+        &format!("/api/playground/{id}/save"),
+        json!({"name": "moons-affine"}),
+    );
+    assert_eq!(again.status, 409);
+    let bad = post(
+        addr,
+        &format!("/api/playground/{id}/save"),
+        json!({"name": "../x"}),
+    );
+    assert_eq!(bad.status, 400);
+    // A long training cancelled by the page; another cancelled by its page going away.
+    let long =
+        json!({"set": "2spirals", "flow": "spline", "steps": 20000, "layers": 2, "hidden": 8});
+    let id = start(long.clone()).json()["id"].as_u64().unwrap();
+    let mut events = EventStream::open(
+        addr,
+        &format!("/api/playground/{id}/events"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(events.next_event().0, "progress");
+    let second = start(long.clone()).json()["id"].as_u64().unwrap();
+    // Two run at once; a third waits its turn.
+    let third = start(long.clone());
+    assert_eq!(third.status, 503);
+    assert!(third.error().contains("cancel one or wait"));
+    assert_eq!(
+        request(addr, "DELETE", &format!("/api/playground/{id}"), &[], b"").status,
+        200
+    );
+    loop {
+        let (name, _) = events.next_event();
+        if name == "cancelled" {
+            break;
+        }
+        assert_eq!(name, "progress");
+    }
+    let mut watching = EventStream::open(
+        addr,
+        &format!("/api/playground/{second}/events"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(watching.next_event().0, "progress");
+    drop(watching);
+    let status = |id: u64| get(addr, &format!("/api/playground/{id}")).json()["state"].clone();
+    let started = std::time::Instant::now();
+    while status(second) != "cancelled" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the disconnected page's training goes on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(addr, "/api/playground/999").status, 404);
+}

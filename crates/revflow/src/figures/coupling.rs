@@ -30,7 +30,7 @@ use crate::pictures::save_png;
 use crate::transforms::Transform;
 
 /// What a layer does, in one line, given the points before and after it.
-fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> String {
+pub(super) fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> String {
     match layer {
         Layer::ActNorm(_) => "ActNorm: each coordinate scaled and shifted".into(),
         Layer::InvConv(_) | Layer::InvConvLu(_) => {
@@ -67,7 +67,7 @@ fn describe(layer: &Layer<Mlp>, before: &[[f64; 2]], after: &[[f64; 2]]) -> Stri
 }
 
 /// The coordinate a layer left exactly unchanged, if one.
-fn key_coordinate(before: &[[f64; 2]], after: &[[f64; 2]]) -> Option<usize> {
+pub(super) fn key_coordinate(before: &[[f64; 2]], after: &[[f64; 2]]) -> Option<usize> {
     (0..2).find(|&d| before.iter().zip(after).all(|(a, b)| a[d] == b[d]))
 }
 

@@ -100,7 +100,7 @@ pub(crate) fn heat_map(p: &[f64], n: usize) -> RgbImage {
 
 /// Colour of a data point: its distance from the window's centre, so that the arms of a
 /// spiral keep their colours wherever the flow moves them.
-fn colours(points: &[[f64; 2]], (c, half): ([f64; 2], f64)) -> Vec<RGBColor> {
+pub(super) fn colours(points: &[[f64; 2]], (c, half): ([f64; 2], f64)) -> Vec<RGBColor> {
     points
         .iter()
         .map(|p| plot::viridis(((p[0] - c[0]).hypot(p[1] - c[1]) / half).min(1.0) * 0.9))
@@ -109,7 +109,7 @@ fn colours(points: &[[f64; 2]], (c, half): ([f64; 2], f64)) -> Vec<RGBColor> {
 
 /// How a panel is framed: with labelled axes (the large figure) or bare (the gallery).
 #[derive(Clone, Copy)]
-enum Frame<'a> {
+pub(super) enum Frame<'a> {
     Axes(&'a str, &'a str),
     Bare,
 }
@@ -148,7 +148,7 @@ fn chart<'a, 'b>(
     Ok(chart)
 }
 
-fn scatter_panel(
+pub(super) fn scatter_panel(
     area: &Area,
     title: &str,
     points: &[[f64; 2]],
@@ -167,7 +167,10 @@ fn scatter_panel(
 }
 
 /// Lines of constant z₁ (`true`) and z₂ in latent space, pulled back into data space by f⁻¹.
-fn pulled_back_grid(model: &FlatFlow, device: &Device) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
+pub(super) fn pulled_back_grid(
+    model: &FlatFlow,
+    device: &Device,
+) -> Result<Vec<(bool, Vec<[f64; 2]>)>> {
     let along: Vec<f64> = (0..=300).map(|i| -3.2 + 6.4 * i as f64 / 300.0).collect();
     let mut lines = Vec::new();
     for t in (-6..=6).map(|k| k as f64 * 0.5) {
@@ -183,7 +186,7 @@ fn pulled_back_grid(model: &FlatFlow, device: &Device) -> Result<Vec<(bool, Vec<
     Ok(lines)
 }
 
-fn grid_panel(
+pub(super) fn grid_panel(
     area: &Area,
     title: &str,
     data: &[[f64; 2]],
@@ -207,7 +210,7 @@ fn grid_panel(
 }
 
 /// The density picture centred in `area`, as large as fits under a title line.
-fn heat_panel(area: &Area, title: &str, heat: &RgbImage) -> Drawn {
+pub(super) fn heat_panel(area: &Area, title: &str, heat: &RgbImage) -> Drawn {
     area.titled(title, (FONT, 15))?;
     let (w, h) = area.dim_in_pixel();
     let side = w.min(h).saturating_sub(40).max(heat.width());
@@ -270,7 +273,7 @@ fn panels(set: &'static str, toy: &Toy, options: &Options) -> Result<Panels> {
 }
 
 /// The latent window: a standard Gaussian's ±3.6.
-const LATENT_VIEW: ([f64; 2], f64) = ([0.0, 0.0], 3.6);
+pub(super) const LATENT_VIEW: ([f64; 2], f64) = ([0.0, 0.0], 3.6);
 
 /// The four panels of each flow, one row per flow: data, latents, deformed grid, density.
 fn complex_to_simple(flows: &[(&str, &Panels)], options: &Options) -> Result<std::path::PathBuf> {

@@ -17,6 +17,7 @@ mod change_of_variables;
 mod coupling;
 pub(crate) mod gallery;
 mod image_latents;
+pub mod live;
 mod logdet;
 
 use std::path::PathBuf;
