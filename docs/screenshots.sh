@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's screenshots of `revflow serve` (docs/serve/explore.png, vector.png, watch.png),
+# The README's screenshots of `revflow serve` (docs/serve/explore.png, vector.png, watch.png,
+# playground.png),
 # taken by the browser test (crates/revflow-serve/tests/browser.rs) in headless Chromium from
 # runs trained as the README's first command trains (Glow on the digits, a flow on moons), and
 # a small Glow it trains itself while the watch view follows it.

@@ -168,23 +168,28 @@ impl StartRequest {
     }
 }
 
+/// The test points drawn in the pictures: the first [`SHOWN`].
+fn shown(test: &Data) -> Vec<[f64; 2]> {
+    match test {
+        Data::Vectors(s) => (0..s.len().min(SHOWN))
+            .map(|i| [s.row(i)[0] as f64, s.row(i)[1] as f64])
+            .collect(),
+        Data::Images(_) => Vec::new(),
+    }
+}
+
 /// Trains `job` as `config` says, reporting as it goes; ends with `done`, `cancelled` or
 /// `failed`.
 fn train(job: &Job, config: RunConfig, _slot: OwnedSemaphorePermit) {
     let device = Device::default();
     let result = (|| -> revflow::Result<f64> {
         let splits = config.load_data()?;
-        let shown: Vec<[f64; 2]> = match &splits.test {
-            Data::Vectors(s) => (0..s.len().min(SHOWN))
-                .map(|i| [s.row(i)[0] as f64, s.row(i)[1] as f64])
-                .collect(),
-            Data::Images(_) => Vec::new(),
-        };
+        let points = shown(&splits.test);
         let draw = |model: &Model, step: usize| -> revflow::Result<()> {
             let Model::Flat(flow) = model else {
                 return Ok(());
             };
-            let pictures = snapshot(flow, &shown, &device)?;
+            let pictures = snapshot(flow, &points, &device)?;
             let url = |p| png(p).map_err(|e| FlowError::Picture(e.message));
             job.push(
                 "snapshot",
@@ -351,13 +356,8 @@ pub async fn layers(
             return Err(ApiError::bad_request("not a 2-D flow"));
         };
         let splits = config.load_data()?;
-        let shown: Vec<[f64; 2]> = match &splits.test {
-            Data::Vectors(s) => (0..s.len().min(SHOWN))
-                .map(|i| [s.row(i)[0] as f64, s.row(i)[1] as f64])
-                .collect(),
-            Data::Images(_) => Vec::new(),
-        };
-        let steps = layer_points(&flow, &shown, &device)?;
+        let points = shown(&splits.test);
+        let steps = layer_points(&flow, &points, &device)?;
         let layers: Vec<Value> = (steps.iter())
             .map(|s| json!({"name": s.name, "key": s.key, "points": s.points}))
             .collect();
