@@ -96,9 +96,11 @@ enum Command {
     /// Time Glow's training step, likelihood evaluation and sampling (see bench/ for the
     /// side-by-side comparison with PyTorch).
     Bench(BenchArgs),
-    /// A web page over the runs of a folder: samples at any temperature, an image encoded to
-    /// its latents and decoded back exactly, its bits/dim among the test set's, interpolation
-    /// and class directions. Works offline; stop it with Ctrl-C.
+    /// A web page over the runs of a folder: explore a run (samples at any temperature, an
+    /// image encoded to its latents and decoded back exactly, its bits/dim among the test
+    /// set's, interpolation, class and attribute directions), watch runs train (live curves,
+    /// compared, as CSV), and a 2-D playground that trains flows on the spot. Works offline;
+    /// stop it with Ctrl-C.
     Serve(ServeArgs),
 }
 
