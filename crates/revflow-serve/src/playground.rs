@@ -23,6 +23,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use revflow::burn::tensor::Device;
 use revflow::data::{Data, TOY_SETS};
 use revflow::figures::live::{layer_points, snapshot};
+use revflow::figures::points;
 use revflow::models::{Model, ModelConfig, VectorFlow, VectorFlowConfig};
 use revflow::training::{self, Run, RunConfig, RunDir, TrainConfig};
 use revflow::FlowError;
@@ -170,12 +171,9 @@ impl StartRequest {
 
 /// The test points drawn in the pictures: the first [`SHOWN`].
 fn shown(test: &Data) -> Vec<[f64; 2]> {
-    match test {
-        Data::Vectors(s) => (0..s.len().min(SHOWN))
-            .map(|i| [s.row(i)[0] as f64, s.row(i)[1] as f64])
-            .collect(),
-        Data::Images(_) => Vec::new(),
-    }
+    let mut points = points(test);
+    points.truncate(SHOWN);
+    points
 }
 
 /// Trains `job` as `config` says, reporting as it goes; ends with `done`, `cancelled` or

@@ -12,7 +12,7 @@ use image::RgbImage;
 
 use crate::data::{Data, Splits};
 use crate::error::{FlowError, Result};
-use crate::figures::gallery;
+use crate::figures::{self, gallery};
 use crate::latents::{self, pixels};
 use crate::models::Model;
 use crate::pictures::{grid, scatter};
@@ -416,15 +416,13 @@ impl TrainedRun {
     /// The density of a flow of 2-D vectors on an `n`×`n` grid over its test data (with a
     /// margin); `None` for other runs.
     pub fn density_map(&self, n: usize) -> Result<Option<DensityMap>> {
-        let (Model::Flat(flow), Data::Vectors(test)) = (&self.model, &self.splits()?.test) else {
+        let Model::Flat(flow) = &self.model else {
             return Ok(None);
         };
         if flow.dims != 2 || flow.context.is_some() || self.classes() > 0 {
             return Ok(None);
         }
-        let points: Vec<[f64; 2]> = (0..test.len())
-            .map(|i| [test.row(i)[0] as f64, test.row(i)[1] as f64])
-            .collect();
+        let points = figures::points(&self.splits()?.test);
         let (centre, half) = gallery::window(&points);
         let (p, _) = gallery::density(flow, (centre, half), n, &self.device)?;
         Ok(Some(DensityMap {

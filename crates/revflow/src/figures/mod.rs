@@ -268,8 +268,8 @@ fn trained(
     Ok((dir.load_model(config, device)?, test_bits_per_dim))
 }
 
-/// The values of a 2-D set as points.
-fn points(data: &Data) -> Vec<[f64; 2]> {
+/// The values of a 2-D set as points (none for images).
+pub fn points(data: &Data) -> Vec<[f64; 2]> {
     match data {
         Data::Vectors(VectorSet { values, .. }) => values
             .chunks_exact(2)
